@@ -1,0 +1,285 @@
+"""Read a sweep's records (collected parquet or run directories) and the published reference rows."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import AnalysisError
+
+REQUIRED_COLUMNS = ("method", "variant", "task", "seed", "phase", "step", "success")
+PHASES = ("offline", "online")
+PUBLISHED = "published"
+PUBLISHED_SUFFIX = " (published)"
+PUBLISHED_FILE = "qam_paper_results.parquet"
+# The QAM paper's method names -> flowarena registry names; the others are kept, lowercased.
+PUBLISHED_NAMES = {"QAM": "qam", "QAM-E": "qam-edit", "QAM-F": "qam-fql", "FQL": "fql", "FBRAC": "fbrac"}
+# The paper's domain order (rows of its table); domains it does not know come after, sorted.
+DOMAIN_ORDER = (
+    "antmaze-large-navigate",
+    "antmaze-giant-navigate",
+    "humanoidmaze-medium-navigate",
+    "humanoidmaze-large-navigate",
+    "scene-play",
+    "puzzle-3x3-play",
+    "puzzle-4x4-play",
+    "cube-double-play",
+    "cube-triple-play",
+    "cube-quadruple-play",
+)
+RUN_COLUMNS = ("variant", "method", "task", "seed", "run_dir", "planned", "state", "status_step", "error")
+_TASK_SUFFIX = re.compile(r"-singletask(-task\d+)?-v\d+$")
+
+
+def domain_of(task: str) -> str:
+    """`cube-double-play-singletask-task1-v0` -> `cube-double-play`."""
+    return _TASK_SUFFIX.sub("", task)
+
+
+def ordered_domains(domains) -> list[str]:
+    """Domains in the paper's row order, unknown ones after it, sorted."""
+    known = [d for d in DOMAIN_ORDER if d in set(domains)]
+    return known + sorted(set(domains) - set(DOMAIN_ORDER))
+
+
+def normalize_name(name: str) -> str:
+    """Registry-style name: case-insensitive, `_` equal to `-`."""
+    return name.strip().lower().replace("_", "-")
+
+
+def load(sweep_dir: str | Path, *, published: bool = False) -> pd.DataFrame:
+    """One DataFrame of a sweep's eval records (schema of DESIGN.md plus `source` = "sweep").
+
+    Reads `SWEEP/evals.parquet` when `flowarena collect` wrote it, else every run directory's
+    `evals.parquet`; `df.attrs["loaded_from"]` says which. `df.attrs["runs"]` lists the runs the
+    sweep planned (`sweep.json`) or has directories for, with their `status.json` state, so that
+    missing runs can be named. `published=True` adds the reference rows of the sweep's methods on
+    the sweep's tasks, labelled `<method> (published)`, never merged into a sweep variant.
+    """
+    sweep = Path(sweep_dir)
+    if not sweep.is_dir():
+        raise AnalysisError(f"{sweep}: no such sweep directory")
+    records, loaded_from, notes = _read_sweep_evals(sweep)
+    runs = sweep_runs(sweep)
+    records = _standardize(records, source="sweep", default_sweep=sweep.name)
+    if published:
+        records, published_note = _with_published(records, runs)
+        notes.append(published_note)
+    records.attrs.update(
+        sweep_dir=str(sweep), loaded_from=loaded_from, notes=notes, runs=runs.to_dict("records")
+    )
+    return records
+
+
+def load_published(methods: list[str] | None = None, tasks: list[str] | None = None) -> pd.DataFrame:
+    """The QAM paper's released success rates in the records schema, labelled as published.
+
+    `method` is the registry name (QAM -> qam, QAM-E -> qam-edit, QAM-F -> qam-fql, FQL -> fql,
+    FBRAC -> fbrac, others lowercased), `variant` is `<method> (published)`, `source` is
+    "published", `sweep` is "published". Seeds 0-11 are indices, not seed values. `methods`
+    (registry or paper names) and `tasks` restrict the rows.
+    """
+    raw = pd.read_parquet(resources.files("analysis").joinpath("data", PUBLISHED_FILE))
+    method = raw["method"].map(lambda name: PUBLISHED_NAMES.get(name, name.lower()))
+    rows = raw.assign(method=method, variant=method + PUBLISHED_SUFFIX, sweep=PUBLISHED, eval_params="")
+    if methods is not None:
+        wanted = {PUBLISHED_NAMES.get(m, normalize_name(m)) for m in methods}
+        unknown = wanted - set(rows["method"])
+        if unknown:
+            known = ", ".join(sorted(rows["method"].unique()))
+            raise AnalysisError(
+                f"not in the published reference: {', '.join(sorted(unknown))}; it has {known}"
+            )
+        rows = rows[rows["method"].isin(wanted)]
+    if tasks is not None:
+        rows = rows[rows["task"].isin(set(tasks))]
+    published = _standardize(rows.reset_index(drop=True), source=PUBLISHED, default_sweep=PUBLISHED)
+    published.attrs.update(
+        sweep_dir=PUBLISHED,
+        loaded_from=f"published reference ({PUBLISHED_FILE}, shipped with flowarena)",
+        notes=[],
+        runs=[],
+    )
+    return published
+
+
+def load_source(spec: str | Path, *, published: bool = False) -> pd.DataFrame:
+    """What the CLI's SWEEP argument names: a sweep directory, or `published` for the reference alone."""
+    if str(spec) == PUBLISHED and not Path(spec).is_dir():
+        return load_published()
+    return load(spec, published=published)
+
+
+def sweep_runs(sweep_dir: str | Path) -> pd.DataFrame:
+    """The runs a sweep planned (`sweep.json`) or has directories for, with their status.
+
+    Columns: variant, method, task, seed, run_dir, planned (listed in sweep.json), state
+    (status.json state, "" when the file is absent), status_step, error.
+    """
+    sweep = Path(sweep_dir)
+    planned = _planned_runs(sweep)
+    found = _run_dirs(sweep)
+    runs = {(run["variant"], run["task"], run["seed"]): run for run in found}
+    for run in planned:
+        key = (run["variant"], run["task"], run["seed"])
+        runs[key] = {
+            **runs.get(key, run),
+            "method": run["method"],
+            "run_dir": run["run_dir"],
+            "planned": True,
+        }
+    rows = [{**run, **_read_status(Path(run["run_dir"]))} for run in runs.values()]
+    return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+
+
+def _read_sweep_evals(sweep: Path) -> tuple[pd.DataFrame, str, list[str]]:
+    collected = sweep / "evals.parquet"
+    run_files = sorted(sweep.glob("*/*/seed*/evals.parquet"))
+    if collected.is_file():
+        newer = [f for f in run_files if f.stat().st_mtime > collected.stat().st_mtime]
+        notes = []
+        if newer:
+            notes.append(
+                f"{len(newer)} run(s) wrote evals after {collected} was collected; "
+                "rerun `flowarena collect` to include them"
+            )
+        return _read_parquet(collected), f"collected records {collected}", notes
+    if not run_files:
+        raise AnalysisError(
+            f"{sweep}: no records: neither {collected} nor any "
+            f"{sweep}/<variant>/<task>/seed<k>/evals.parquet (run `flowarena collect` or check the path)"
+        )
+    frames = [_read_parquet(f) for f in run_files]
+    return pd.concat(frames, ignore_index=True), f"{len(run_files)} run directories under {sweep}", []
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several types for a corrupt or foreign file
+        raise AnalysisError(f"{path}: cannot read as parquet ({error})") from error
+
+
+def _standardize(records: pd.DataFrame, *, source: str, default_sweep: str) -> pd.DataFrame:
+    missing = [c for c in REQUIRED_COLUMNS if c not in records.columns]
+    if missing:
+        raise AnalysisError(
+            f"records lack column(s) {', '.join(missing)}; is this a flowarena evals.parquet?"
+        )
+    if records.empty:
+        raise AnalysisError("the records hold no rows")
+    out = records.copy()
+    out["sweep"] = out["sweep"].astype(str) if "sweep" in out else default_sweep
+    out["domain"] = out["domain"].astype(str) if "domain" in out else out["task"].map(domain_of)
+    out["eval_params"] = out["eval_params"].fillna("").astype(str) if "eval_params" in out else ""
+    out["seed"] = out["seed"].astype(np.int64)
+    out["step"] = out["step"].astype(np.int64)
+    out["success"] = out["success"].astype(float)
+    out["source"] = source
+    bad_phase = sorted(set(out["phase"]) - set(PHASES))
+    if bad_phase:
+        raise AnalysisError(f"unknown phase(s) {bad_phase} in the records; expected offline or online")
+    _check_unique(out)
+    return out
+
+
+def _check_unique(records: pd.DataFrame) -> None:
+    key = ["variant", "task", "seed", "phase", "step", "eval_params"]
+    duplicated = records[records.duplicated(key, keep=False)]
+    if not duplicated.empty:
+        first = duplicated.iloc[0]
+        where = ", ".join(f"{k}={first[k]!r}" for k in key)
+        raise AnalysisError(
+            f"{len(duplicated)} duplicated eval rows (first: {where}); records of two sweeps merged, "
+            "or a corrupt collect"
+        )
+
+
+def _with_published(records: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    reference = load_published()
+    methods = set(records["method"]) | set(runs["method"])
+    tasks = set(records["task"]) | set(runs["task"])
+    chosen = reference[reference["method"].isin(methods) & reference["task"].isin(tasks)]
+    if chosen.empty:
+        note = (
+            "published reference: none of the sweep's (method, task) pairs are in it "
+            f"(methods {', '.join(sorted(methods))}); no published rows added"
+        )
+        return records, note
+    note = (
+        f"published reference rows added for {', '.join(sorted(chosen['variant'].unique()))} "
+        f"on the sweep's {chosen['task'].nunique()} task(s); they are separate variants, never merged"
+    )
+    return pd.concat([records, chosen], ignore_index=True), note
+
+
+def _planned_runs(sweep: Path) -> list[dict]:
+    spec_file = sweep / "sweep.json"
+    if not spec_file.is_file():
+        return []
+    try:
+        spec = json.loads(spec_file.read_text())
+        runs = spec.get("runs", [])
+        return [_planned_run(sweep, run) for run in runs]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise AnalysisError(
+            f"{spec_file}: unreadable ({error}); expected {{'runs': [{{method, variant, ...}}]}}"
+        ) from error
+
+
+def _planned_run(sweep: Path, run: dict) -> dict:
+    run_dir = Path(run.get("run_dir") or sweep / run["variant"] / run["task"] / f"seed{run['seed']}")
+    if not run_dir.is_absolute() and not run_dir.exists() and (sweep / run_dir).exists():
+        run_dir = sweep / run_dir
+    return {
+        "variant": str(run.get("variant") or run["method"]),
+        "method": str(run["method"]),
+        "task": str(run["task"]),
+        "seed": int(run["seed"]),
+        "run_dir": str(run_dir),
+        "planned": True,
+    }
+
+
+def _run_dirs(sweep: Path) -> list[dict]:
+    runs = []
+    for run_dir in sorted(p for p in sweep.glob("*/*/seed*") if p.is_dir()):
+        seed = run_dir.name.removeprefix("seed")
+        if not seed.isdigit():
+            continue
+        variant = run_dir.parent.parent.name
+        method = _read_json(run_dir / "spec.json").get("method", variant.split("[")[0])
+        runs.append(
+            {
+                "variant": variant,
+                "method": str(method),
+                "task": run_dir.parent.name,
+                "seed": int(seed),
+                "run_dir": str(run_dir),
+                "planned": False,
+            }
+        )
+    return runs
+
+
+def _read_status(run_dir: Path) -> dict:
+    status = _read_json(run_dir / "status.json")
+    step = status.get("step")
+    return {
+        "state": str(status.get("state") or ""),
+        "status_step": float(step) if isinstance(step, (int, float)) else float("nan"),
+        "error": str(status.get("error") or ""),
+    }
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}

@@ -1,0 +1,189 @@
+"""OGBench-format datasets made here with ogbench's own scripted plan oracles.
+
+The procedure follows OGBench's `data_gen_scripts/generate_manipspace.py` for `play` data: the
+environment in data-collection mode, a plan oracle per target task (cube, button, drawer,
+window), a new random target whenever the oracle finishes, per-episode stacking probabilities,
+and scene's health check. Files: `<out>/<domain>-play-v0.npz` and `-val.npz` with
+observations, actions, terminals, qpos, qvel (and button_states), loadable by
+`ogbench.make_env_and_datasets` unchanged. A fixed seed gives the same file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from harness.errors import UserError
+
+SUPPORTED_DOMAINS = ("cube", "scene", "puzzle")
+
+
+def dataset_name_for(env_name: str, dataset_type: str = "play") -> str:
+    """cube-double-v0 -> cube-double-play-v0."""
+    stem, version = env_name.rsplit("-", 1)
+    return f"{stem}-{dataset_type}-{version}"
+
+
+def _check_env_name(env_name: str) -> None:
+    import gymnasium
+    import ogbench  # noqa: F401  (registers the environments)
+
+    domain = env_name.split("-")[0]
+    if domain not in SUPPORTED_DOMAINS or "singletask" in env_name:
+        raise UserError(
+            f"datagen makes play data for the manipulation domains {', '.join(SUPPORTED_DOMAINS)} "
+            f"(e.g. cube-double-v0, scene-v0, puzzle-3x3-v0); got {env_name!r}"
+        )
+    if env_name not in gymnasium.registry:
+        known = sorted(
+            k for k in gymnasium.registry if k.split("-")[0] in SUPPORTED_DOMAINS and "singletask" not in k
+        )
+        raise UserError(
+            f"unknown environment {env_name!r}; known: {', '.join(k for k in known if 'visual' not in k)}"
+        )
+
+
+def _make_oracles(env, env_name: str, noise: float, noise_smoothing: float) -> dict:
+    from ogbench.manipspace.oracles.plan.button_plan import ButtonPlanOracle
+    from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
+    from ogbench.manipspace.oracles.plan.drawer_plan import DrawerPlanOracle
+    from ogbench.manipspace.oracles.plan.window_plan import WindowPlanOracle
+
+    kwargs = dict(env=env, noise=noise, noise_smoothing=noise_smoothing)
+    if env_name.startswith("cube"):
+        return {"cube": CubePlanOracle(**kwargs)}
+    if env_name.startswith("scene"):
+        return {
+            "cube": CubePlanOracle(**kwargs),
+            "button": ButtonPlanOracle(**kwargs),
+            "drawer": DrawerPlanOracle(**kwargs),
+            "window": WindowPlanOracle(**kwargs),
+        }
+    return {"button": ButtonPlanOracle(gripper_always_closed=True, **kwargs)}
+
+
+def _stack_probability(env_name: str) -> float:
+    if "single" in env_name:
+        return 0.0
+    if "double" in env_name:
+        return np.random.uniform(0.0, 0.25)
+    if "triple" in env_name:
+        return np.random.uniform(0.05, 0.35)
+    if "quadruple" in env_name:
+        return np.random.uniform(0.1, 0.5)
+    return 0.5
+
+
+def _scene_episode_is_healthy(episode_qpos: np.ndarray) -> bool:
+    """OGBench's check: the cube stays visible unless it is in the drawer."""
+    block_xyzs = episode_qpos[:, 14:17]
+    if (block_xyzs[:, 1] >= 0.29).any():
+        return False
+    return not ((block_xyzs[:, 1] <= -0.3) & ((block_xyzs[:, 2] < 0.06) | (block_xyzs[:, 2] > 0.08))).any()
+
+
+def _collect_episode(env, oracles: dict, env_name: str, episode_seed: int | None, progress: tqdm) -> dict:
+    episode = defaultdict(list)
+    ob, info = env.reset(seed=episode_seed)
+    p_stack = _stack_probability(env_name)
+    agent = oracles[info["privileged/target_task"]]
+    agent.reset(ob, info)
+    done = False
+    while not done:
+        action = np.clip(np.asarray(agent.select_action(ob, info)), -1, 1)
+        next_ob, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        if agent.done:
+            agent_ob, agent_info = env.unwrapped.set_new_target(p_stack=p_stack)
+            agent = oracles[agent_info["privileged/target_task"]]
+            agent.reset(agent_ob, agent_info)
+        episode["observations"].append(ob)
+        episode["actions"].append(action)
+        episode["terminals"].append(done)
+        episode["qpos"].append(info["prev_qpos"])
+        episode["qvel"].append(info["prev_qvel"])
+        if "prev_button_states" in info:
+            episode["button_states"].append(info["prev_button_states"])
+        ob = next_ob
+        progress.update(1)
+    return episode
+
+
+def _to_arrays(episodes: list[dict]) -> dict[str, np.ndarray]:
+    dtypes = {"terminals": bool, "button_states": np.int64}
+    keys = episodes[0].keys()
+    return {k: np.array([v for ep in episodes for v in ep[k]], dtype=dtypes.get(k, np.float32)) for k in keys}
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed with fixed zip timestamps (same seed -> same bytes), written to a
+    temporary file and renamed."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, value in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(value), allow_pickle=False)
+            archive.writestr(
+                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                member.getvalue(),
+                compress_type=zipfile.ZIP_DEFLATED,
+            )
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def generate(
+    env_name: str,
+    episodes: int,
+    out: str | Path,
+    *,
+    episode_length: int = 1000,
+    seed: int = 0,
+    noise: float = 0.1,
+    noise_smoothing: float = 0.5,
+    val_episodes: int | None = None,
+    progress: bool = True,
+) -> tuple[Path, Path]:
+    """Generate `episodes` training episodes (and episodes // 10, at least 1, validation
+    episodes) of `episode_length` transitions each. Returns the train and val paths."""
+    import gymnasium
+
+    _check_env_name(env_name)
+    if episodes < 1 or episode_length < 1:
+        raise UserError("datagen needs --episodes >= 1 and --episode-length >= 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = dataset_name_for(env_name)
+    train_path, val_path = out / f"{name}.npz", out / f"{name}-val.npz"
+    n_val = max(1, episodes // 10) if val_episodes is None else val_episodes
+
+    # Each episode records episode_length + 1 observations; ogbench's loader turns them into
+    # episode_length transitions.
+    env = gymnasium.make(
+        env_name, terminate_at_goal=False, mode="data_collection", max_episode_steps=episode_length + 1
+    )
+    oracles = _make_oracles(env, env_name, noise, noise_smoothing)
+    np.random.seed(seed)  # the oracles' plan noise uses numpy's global generator
+    collected = []
+    total = (episodes + n_val) * (episode_length + 1)
+    with tqdm(total=total, desc=f"datagen {name}", unit="step", disable=not progress) as bar:
+        for index in range(episodes + n_val):
+            reset_seed = seed if index == 0 else None
+            while True:
+                episode = _collect_episode(env, oracles, env_name, reset_seed, bar)
+                reset_seed = None
+                if not env_name.startswith("scene") or _scene_episode_is_healthy(np.array(episode["qpos"])):
+                    break
+                bar.update(-len(episode["observations"]))
+            collected.append(episode)
+    env.close()
+    _save_npz(train_path, _to_arrays(collected[:episodes]))
+    _save_npz(val_path, _to_arrays(collected[episodes:]))
+    return train_path, val_path

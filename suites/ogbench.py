@@ -1,0 +1,152 @@
+"""The OGBench suites: the QAM paper's benchmark (`ogbench`) and the QGF paper's protocol (`ogbench-qgf`).
+
+`ogbench`: 10 domains x 5 tasks, action chunks of 5 on manipulation (cube, puzzle, scene) and 1 on
+locomotion (antmaze, humanoidmaze), sparse rewards on puzzle-3x3, puzzle-4x4 and scene, discount 0.99
+(0.995 on antmaze-giant and humanoidmaze), ensemble pessimism rho 0.5 (0 on humanoidmaze), the
+100M-transition shard directories for puzzle-4x4 and cube-quadruple; 1M offline + 500K online steps,
+evaluation every 50K steps with 50 episodes, 12 seeds. Per-domain hyperparameters: PAPER_TABLE, the
+"Per-domain hyperparameters used in the QAM paper" table of ALGORITHMS.md. QGF runs under this
+protocol with its class defaults and the eval-time guidance weights QGF_GUIDANCE_WEIGHTS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from suites import Suite, make_tasks
+
+TASKS_PER_DOMAIN = 5
+QGF_GUIDANCE_WEIGHTS = (0.004, 0.008, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12)
+PAPER_BUDGETS = {
+    "offline_steps": 1_000_000,
+    "online_steps": 500_000,
+    "eval_interval": 50_000,
+    "eval_episodes": 50,
+}
+
+
+def _domain(
+    name: str,
+    *,
+    horizon: int,
+    discount: float = 0.99,
+    sparse: bool = False,
+    rho: float = 0.5,
+    big: bool = False,
+) -> dict[str, Any]:
+    shard_dir = f"{name}-100m-v0" if big else None
+    return {
+        "horizon": horizon,
+        "discount": discount,
+        "sparse": sparse,
+        "rho": rho,
+        "dataset": f"{name}-v0",
+        "shard_dir": shard_dir,
+    }
+
+
+# The shared protocol's per-domain settings (ALGORITHMS.md, "Shared protocol"), in the table's order.
+DOMAINS: dict[str, dict[str, Any]] = {
+    "puzzle-3x3-play": _domain("puzzle-3x3-play", horizon=5, sparse=True),
+    "scene-play": _domain("scene-play", horizon=5, sparse=True),
+    "cube-double-play": _domain("cube-double-play", horizon=5),
+    "antmaze-large-navigate": _domain("antmaze-large-navigate", horizon=1),
+    "humanoidmaze-medium-navigate": _domain(
+        "humanoidmaze-medium-navigate", horizon=1, discount=0.995, rho=0.0
+    ),
+    "cube-triple-play": _domain("cube-triple-play", horizon=5),
+    "cube-quadruple-play": _domain("cube-quadruple-play", horizon=5, big=True),
+    "puzzle-4x4-play": _domain("puzzle-4x4-play", horizon=5, sparse=True, big=True),
+    "antmaze-giant-navigate": _domain("antmaze-giant-navigate", horizon=1, discount=0.995),
+    "humanoidmaze-large-navigate": _domain("humanoidmaze-large-navigate", horizon=1, discount=0.995, rho=0.0),
+}
+
+# The QAM paper's per-domain hyperparameters, one row per domain:
+#   QAM inv_temp, QAM-EDIT (inv_temp, edit_scale), QAM-FQL (inv_temp, fql_alpha), FQL alpha, FBRAC alpha.
+# An edit_scale or fql_alpha of 0 turns that variant into plain QAM at the row's inv_temp.
+PAPER_TABLE: dict[str, tuple[float, tuple[float, float], tuple[float, float], float, float]] = {
+    "puzzle-3x3-play": (3, (1, 0.1), (3, 0), 300, 0.03),
+    "scene-play": (1, (1, 0), (1, 300), 300, 100),
+    "cube-double-play": (1, (1, 0), (1, 0), 300, 0.1),
+    "antmaze-large-navigate": (10, (1, 0.1), (3, 30), 3, 0.1),
+    "humanoidmaze-medium-navigate": (3, (3, 0.1), (1, 30), 30, 30),
+    "cube-triple-play": (3, (3, 0.1), (10, 300), 30, 0.03),
+    "cube-quadruple-play": (1, (3, 0.1), (0.3, 30), 100, 1),
+    "puzzle-4x4-play": (30, (0.1, 0.9), (3, 3), 1, 0.3),
+    "antmaze-giant-navigate": (3, (10, 0.1), (3, 30), 3, 0.1),
+    "humanoidmaze-large-navigate": (3, (3, 0.1), (0.3, 30), 30, 10),
+}
+
+
+def paper_methods(domains: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """PAPER_TABLE as domain -> registry method -> config overrides (a fresh copy)."""
+    table = {}
+    for domain in domains or list(PAPER_TABLE):
+        qam, (edit_temp, edit_scale), (fql_temp, fql_alpha), alpha_fql, alpha_fbrac = PAPER_TABLE[domain]
+        table[domain] = {
+            "qam": {"inv_temp": float(qam)},
+            "qam-edit": {"inv_temp": float(edit_temp), "edit_scale": float(edit_scale)},
+            "qam-fql": {"inv_temp": float(fql_temp), "fql_alpha": float(fql_alpha)},
+            "fql": {"alpha": float(alpha_fql)},
+            "fbrac": {"alpha": float(alpha_fbrac)},
+        }
+    return table
+
+
+def domain_tasks(domain: str) -> list[str]:
+    return [f"{domain}-singletask-task{i}-v0" for i in range(1, TASKS_PER_DOMAIN + 1)]
+
+
+def domain_settings() -> dict[str, dict[str, Any]]:
+    return {name: dict(settings) for name, settings in DOMAINS.items()}
+
+
+def ogbench_suite() -> Suite:
+    domains = domain_settings()
+    return Suite(
+        name="ogbench",
+        description="QAM paper: 50 OGBench tasks (10 domains x 5), 1M offline + 500K online steps",
+        tasks=make_tasks([t for d in domains for t in domain_tasks(d)], domains),
+        budgets=dict(PAPER_BUDGETS),
+        methods=paper_methods(),
+        domains=domains,
+        seeds=12,
+    )
+
+
+QGF_DOMAINS = ("cube-triple-play", "cube-quadruple-play", "puzzle-4x4-play", "scene-play")
+QGF_OVERRIDES = {
+    "batch_size": 1024,
+    "hidden_dims": (1024,) * 4,
+    "actor_layer_norm": True,
+    "time_embedding_dim": 16,
+}
+
+
+def ogbench_qgf_suite() -> Suite:
+    """The QGF paper's protocol: cube-triple, cube-quadruple, puzzle-4x4 and scene (5 tasks each) on the
+    100M datasets, discount 0.999, no sparse rewards, 500K offline steps and no online phase, 30 eval
+    episodes, 10 seeds; QGF with batch 1024, 4 x 1024 networks, LayerNorm before GELU in the actor and
+    a 16-dim sinusoidal time embedding (QGF_OVERRIDES). Chunk length and rho stay the shared
+    protocol's; the other methods keep the QAM paper's per-domain values.
+
+    Not expressed here: "success = best over the guidance-weight list" (an analysis choice over the
+    QGF_GUIDANCE_WEIGHTS eval variants); the evaluation interval, which ALGORITHMS.md does not state
+    (we keep 50K); the QGF reference clips the 100M datasets' actions, which we do everywhere anyway.
+    """
+    domains = {
+        name: {**DOMAINS[name], "discount": 0.999, "sparse": False, "shard_dir": f"{name}-100m-v0"}
+        for name in QGF_DOMAINS
+    }
+    methods = paper_methods(list(QGF_DOMAINS))
+    for domain in QGF_DOMAINS:
+        methods[domain]["qgf"] = dict(QGF_OVERRIDES)
+    return Suite(
+        name="ogbench-qgf",
+        description="QGF paper: cube-triple/quadruple, puzzle-4x4, scene on 100M data, 500K offline steps",
+        tasks=make_tasks([t for d in QGF_DOMAINS for t in domain_tasks(d)], domains),
+        budgets={"offline_steps": 500_000, "online_steps": 0, "eval_interval": 50_000, "eval_episodes": 30},
+        methods=methods,
+        domains=domains,
+        seeds=10,
+    )

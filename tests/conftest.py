@@ -1,0 +1,54 @@
+"""Shared fixtures: a generated OGBench-format dataset and a tiny sweep of real runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.datagen import generate
+
+TASK = "cube-double-play-singletask-task1-v0"
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cube-double play data made with ogbench's oracles: 4 episodes of 100 transitions."""
+    directory = tmp_path_factory.mktemp("ogbench-data")
+    generate("cube-double-v0", 4, directory, episode_length=100, seed=0, progress=False)
+    return directory
+
+
+def run_args(
+    dataset_dir: Path, out: Path, *, method: str = "fql", seed: int = 0, steps: int = 40, **flags
+) -> list[str]:
+    """`flowarena run` arguments for a tiny run on the smoke suite's tiny config."""
+    args = ["run", "--method", method, "--task", TASK, "--seed", str(seed), "--suite", "smoke"]
+    args += ["--dataset-dir", str(dataset_dir), "--out", str(out), "--offline-steps", str(steps)]
+    flags = {"eval_interval": steps // 2, "eval_episodes": 2, "log_interval": 10, **flags}
+    for name, value in flags.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return [*args, "--no-progress"]
+
+
+@pytest.fixture
+def flowarena(dataset_dir: Path) -> Callable[..., int]:
+    """Run `flowarena run` in this process with tiny settings; returns the exit code."""
+
+    def call(out: Path, *extra: str, **kwargs) -> int:
+        return main([*run_args(dataset_dir, out, **kwargs), *extra])
+
+    return call
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> Path:
+    """A sweep directory of real runs: 2 methods x 1 task x 2 seeds, tiny config."""
+    out = tmp_path_factory.mktemp("results")
+    for method in ("fql", "qam"):
+        for seed in (0, 1):
+            code = main([*run_args(dataset_dir, out, method=method, seed=seed, steps=40), "--sweep", "tiny"])
+            assert code == 0
+    return out / "tiny"
