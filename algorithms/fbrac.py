@@ -14,6 +14,7 @@ actions, with clip(ODE_theta(s, z)).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,14 @@ class FBRAC(Agent):
     name = "fbrac"
     Config = FBRACConfig
 
-    def __init__(self, spec: EnvSpec, config: FBRACConfig, *, device="cpu", seed=0) -> None:
+    def __init__(
+        self,
+        spec: EnvSpec,
+        config: FBRACConfig,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int | Sequence[int] = 0,
+    ) -> None:
         super().__init__(spec, config, device=device, seed=seed)
         if config.alpha <= 0:
             raise ValueError(f"alpha must be > 0 (the Q term is scaled by 1 / alpha), got {config.alpha}")

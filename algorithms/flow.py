@@ -52,7 +52,7 @@ def memoryless_sigmas(steps: int) -> list[float]:
     """sigma_k = sqrt(2 (1 - t_k + h) / (t_k + h)) with t_k = k h, h = 1 / N, for k = 0..N-1: the
     memoryless noise schedule of the linear path, shifted by h so that it is finite at t = 0."""
     h = 1.0 / steps
-    return [math.sqrt(2 * (1 - k * h + h) / (k * h + h)) for k in range(steps)]
+    return [math.sqrt(2 * (1 - k / steps + h) / ((k + 1) / steps)) for k in range(steps)]
 
 
 def memoryless_sde(fine: Velocity, base: Velocity, x0: Tensor, noise: Tensor, steps: int) -> list[Tensor]:
@@ -66,10 +66,10 @@ def memoryless_sde(fine: Velocity, base: Velocity, x0: Tensor, noise: Tensor, st
     states = [x0]
     x = x0
     for k in range(steps - 1):
-        t = k * h
+        t = k / steps
         x = x + h * (2 * fine(x, t) - x / (t + h)) + math.sqrt(h) * sigmas[k] * noise[k]
         states.append(x)
-    states.append(x + h * base(x, (steps - 1) * h))
+    states.append(x + h * base(x, (steps - 1) / steps))
     return states
 
 
@@ -83,11 +83,11 @@ def lean_adjoint(base: Velocity, states: Sequence[Tensor], terminal: Tensor, ste
     adjoints = [terminal.detach()]
     a = adjoints[0]
     for k in reversed(range(steps)):
-        t = k * h
+        t_next = (k + 1) / steps  # t_k + h
         with torch.enable_grad():
             x = states[k].detach().requires_grad_(True)
-            (vjp,) = torch.autograd.grad(base(x, t + h), x, grad_outputs=a)
-        a = a + h * (2 * vjp - a / (t + h))
+            (vjp,) = torch.autograd.grad(base(x, t_next), x, grad_outputs=a)
+        a = a + h * (2 * vjp - a / t_next)
         adjoints.append(a)
     return adjoints[::-1]
 

@@ -23,6 +23,7 @@ its loss is -Q(s, edited) + alpha_e log pi(delta), alpha_e tuned toward entropy 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +74,14 @@ class QAM(Agent):
     name = "qam"
     Config = QAMConfig
 
-    def __init__(self, spec: EnvSpec, config: QAMConfig, *, device="cpu", seed=0) -> None:
+    def __init__(
+        self,
+        spec: EnvSpec,
+        config: QAMConfig,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int | Sequence[int] = 0,
+    ) -> None:
         super().__init__(spec, config, device=device, seed=seed)
         if config.fql_alpha > 0 and config.edit_scale > 0:
             raise ValueError(

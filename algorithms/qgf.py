@@ -22,13 +22,13 @@ trained model is evaluated for a list of weights.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from algorithms.base import Agent, BaseConfig, Batch
+from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss
 from algorithms.flow import flow_matching_loss
 from algorithms.nets import MLP, EmbeddedTimeVelocityField
@@ -126,14 +126,22 @@ def guided_sample(
 
 @register
 class QGF(Agent):
-    """Test-time Q-guided flow: a BC flow and an IQL critic; the critic's action gradient
-    steers the flow's Euler steps at evaluation."""
+    """Test-time Q-guided flow: a BC flow whose Euler steps an IQL critic's gradient steers.
+
+    Trained without any RL term on the actor; the guidance weight is an eval parameter."""
 
     name = "qgf"
     Config = QGFConfig
     eval_params = {"guidance_weight": DEFAULT_GUIDANCE_WEIGHT}
 
-    def __init__(self, spec, config: QGFConfig, *, device="cpu", seed=0) -> None:
+    def __init__(
+        self,
+        spec: EnvSpec,
+        config: QGFConfig,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int | Sequence[int] = 0,
+    ) -> None:
         super().__init__(spec, config, device=device, seed=seed)
         obs_dim, chunk_dim, hidden = spec.obs_dim, spec.chunk_dim, config.hidden_dims
         self.critic = EnsembleCritic(
@@ -202,5 +210,7 @@ class QGF(Agent):
         )
 
     def act(self, obs: Tensor, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT) -> Tensor:
+        """Guided chunks from fresh noise; works with grad mode on or off, builds no graph to
+        any parameter."""
         noise = self.randn(*obs.shape[:-1], self.spec.chunk_dim, generator=self.act_generator)
         return self.guided_actions(obs, noise, guidance_weight)

@@ -52,7 +52,7 @@ def _add_leaderboard(subparsers) -> None:
     parser = subparsers.add_parser(
         "leaderboard",
         help="paper-style table: domains x variants, value with CI, best per row marked",
-        description="Rows: each domain and all tasks; columns: variants; cells: success (%%) with CI.",
+        description="Rows: each domain and all tasks; columns: variants; cells: success (%) with CI.",
     )
     parser.add_argument("sweep", help=SWEEP_HELP)
     parser.add_argument(

@@ -15,7 +15,14 @@ from rliable import metrics as rly_metrics
 from tqdm.auto import tqdm
 
 from analysis.errors import AnalysisError
-from analysis.records import PUBLISHED, PUBLISHED_NAMES, PUBLISHED_SUFFIX, normalize_name, ordered_domains
+from analysis.records import (
+    PUBLISHED,
+    PUBLISHED_NAMES,
+    PUBLISHED_SUFFIX,
+    normalize_name,
+    ordered_domains,
+    run_table,
+)
 from analysis.scores import ALL_TASKS, BEST_PER_DOMAIN, check_choice, phase_variants, scores_at
 from analysis.stats import check_bootstrap, interval_estimates, probability_of_improvement
 from analysis.tables import markdown_table
@@ -29,7 +36,7 @@ COMPARE_COLUMNS = [
 
 def resolve_variant(records: pd.DataFrame, name: str) -> str:
     """The variant `name` refers to: exact, registry-normalized, or its published label."""
-    runs = pd.DataFrame(records.attrs.get("runs", []), columns=["variant"])
+    runs = run_table(records)
     variants = sorted(set(records["variant"]) | set(runs["variant"]))
     if name in variants:
         return name
@@ -131,10 +138,10 @@ def _compare_group(pairs: pd.DataFrame, group: str, settings: dict, label: str) 
     kept = rows[rows["seed"].isin(common)]
     left_out = [
         {
-            "variant": "pair",
+            "variant": label,
             "task": r.task,
             "seed": r.seed,
-            "reason": "seed not paired on every task: dropped",
+            "reason": f"pair dropped from the {group} matrix: this seed is not paired on every task",
         }
         for r in rows[~rows["seed"].isin(common)].itertuples()
     ]

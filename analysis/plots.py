@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rliable import plot_utils
 
+from analysis.records import ordered_domains
 from analysis.scores import ALL_TASKS
 from analysis.stats import METRIC_LABELS
 
@@ -26,8 +27,10 @@ POI_SEPARATOR = " ;; "
 
 
 def variant_colors(variants: list[str]) -> dict[str, tuple]:
-    """One colorblind-safe color per variant, the same in every plot of a report."""
-    palette = sns.color_palette("colorblind", n_colors=max(len(variants), 1))
+    """One color per variant (colorblind-safe up to 10), the same in every plot of a report."""
+    palette = sns.color_palette(
+        "colorblind" if len(variants) <= 10 else "tab20", n_colors=max(len(variants), 1)
+    )
     return dict(zip(variants, palette, strict=False))
 
 
@@ -57,8 +60,8 @@ def plot_learning_curves(
     `curves` is `aggregate(..., step="all")`; `online_from` draws a line where online steps begin.
     """
     rows = curves[curves["metric"] == metric]
-    groups = list(dict.fromkeys(rows["group"]))
-    groups = [g for g in groups if g != ALL_TASKS] + ([ALL_TASKS] if ALL_TASKS in groups else [])
+    groups = set(rows["group"])
+    groups = ordered_domains(groups - {ALL_TASKS}) + ([ALL_TASKS] if ALL_TASKS in groups else [])
     variants = list(dict.fromkeys(rows["variant"]))
     colors = colors or variant_colors(variants)
     ncols = min(3, max(len(groups), 1))

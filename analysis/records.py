@@ -36,6 +36,29 @@ RUN_COLUMNS = ("variant", "method", "task", "seed", "run_dir", "planned", "state
 _TASK_SUFFIX = re.compile(r"-singletask(-task\d+)?-v\d+$")
 
 
+class RunTable(list):
+    """A sweep's runs (one dict per run, `RUN_COLUMNS`), kept in `DataFrame.attrs["runs"]`.
+
+    pandas deep-copies `attrs` on every operation; this list is shared instead of copied, so a
+    sweep of thousands of runs does not slow every filter down. It stays JSON-serializable, as
+    `DataFrame.to_parquet` stores `attrs` as JSON.
+    """
+
+    def __deepcopy__(self, memo: dict) -> RunTable:
+        return self
+
+    def frame(self) -> pd.DataFrame:
+        if not hasattr(self, "_frame"):
+            self._frame = pd.DataFrame(list(self), columns=list(RUN_COLUMNS))
+        return self._frame
+
+
+def run_table(records: pd.DataFrame) -> pd.DataFrame:
+    """The runs that `load` found for these records (empty for published rows or a bare DataFrame)."""
+    holder = records.attrs.get("runs") or RunTable()
+    return holder.frame() if isinstance(holder, RunTable) else RunTable(holder).frame()
+
+
 def domain_of(task: str) -> str:
     """`cube-double-play-singletask-task1-v0` -> `cube-double-play`."""
     return _TASK_SUFFIX.sub("", task)
@@ -56,7 +79,7 @@ def load(sweep_dir: str | Path, *, published: bool = False) -> pd.DataFrame:
     """One DataFrame of a sweep's eval records (schema of DESIGN.md plus `source` = "sweep").
 
     Reads `SWEEP/evals.parquet` when `flowarena collect` wrote it, else every run directory's
-    `evals.parquet`; `df.attrs["loaded_from"]` says which. `df.attrs["runs"]` lists the runs the
+    `evals.parquet`; `df.attrs["loaded_from"]` says which. `run_table(df)` lists the runs the
     sweep planned (`sweep.json`) or has directories for, with their `status.json` state, so that
     missing runs can be named. `published=True` adds the reference rows of the sweep's methods on
     the sweep's tasks, labelled `<method> (published)`, never merged into a sweep variant.
@@ -71,7 +94,7 @@ def load(sweep_dir: str | Path, *, published: bool = False) -> pd.DataFrame:
         records, published_note = _with_published(records, runs)
         notes.append(published_note)
     records.attrs.update(
-        sweep_dir=str(sweep), loaded_from=loaded_from, notes=notes, runs=runs.to_dict("records")
+        sweep_dir=str(sweep), loaded_from=loaded_from, notes=notes, runs=RunTable(runs.to_dict("records"))
     )
     return records
 
@@ -103,7 +126,7 @@ def load_published(methods: list[str] | None = None, tasks: list[str] | None = N
         sweep_dir=PUBLISHED,
         loaded_from=f"published reference ({PUBLISHED_FILE}, shipped with flowarena)",
         notes=[],
-        runs=[],
+        runs=RunTable(),
     )
     return published
 

@@ -8,14 +8,15 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from analysis import plots
 from analysis.errors import AnalysisError
 from analysis.paired import compare, render_comparison, resolve_variant
-from analysis.records import PUBLISHED, load, ordered_domains
+from analysis.records import PUBLISHED, load, ordered_domains, run_table
 from analysis.scores import ALL_TASKS, BEST_PER_DOMAIN, expected_runs, phase_variants
 from analysis.stats import aggregate, check_bootstrap, performance_profiles
-from analysis.tables import leaderboard, markdown_table, render_leaderboard
+from analysis.tables import board_from_aggregate, markdown_table, render_leaderboard
 
 LEARNING_CURVES = "learning_curves.png"
 PERFORMANCE_PROFILE = "performance_profile.png"
@@ -134,7 +135,7 @@ def _holdings(records: pd.DataFrame) -> str:
         + (", ".join(tasks) if len(tasks) <= 12 else _tasks_per_domain(expected))
         + ".",
     ]
-    states = pd.DataFrame(records.attrs.get("runs", []), columns=["state"])
+    states = run_table(records)
     if not states.empty:
         counts = states["state"].replace("", "no status.json").value_counts()
         lines += ["", "Run states (status.json): " + ", ".join(f"{s} {n}" for s, n in counts.items()) + "."]
@@ -183,11 +184,12 @@ def _leaderboards(records: pd.DataFrame, out: Path, settings: ReportSettings) ->
     for phase in ("offline", "online"):
         if not (records["phase"] == phase).any():
             continue
+        table = aggregate(
+            records, metrics=["mean", "iqm"], phase=phase, incomplete=settings.incomplete,
+            **settings.bootstrap(), **settings.selection(),
+        )  # fmt: skip
         for metric in ("mean", "iqm"):
-            board = leaderboard(
-                records, metric=metric, phase=phase, incomplete=settings.incomplete,
-                **settings.bootstrap(), **settings.selection(),
-            )  # fmt: skip
+            board = board_from_aggregate(records, table, metric)
             stem = f"leaderboard_{phase}_{metric}"
             (out / f"{stem}.csv").write_text(render_leaderboard(board, "csv"))
             (out / f"{stem}.tex").write_text(render_leaderboard(board, "latex"))
@@ -218,6 +220,8 @@ def _pairs_to_compare(own: pd.DataFrame, pair, ranking: pd.Series) -> tuple[list
     if pair is not None:
         return [(resolve_variant(own, pair[0]), resolve_variant(own, pair[1]))], "the named pair"
     variants = [v for v in phase_variants(own, "offline")[0] if (own["variant"] == v).any()]
+    if len(variants) < 2:
+        return [], "the records hold fewer than two variants"
     if len(variants) == 2:
         return [(variants[0], variants[1])], "the sweep's two variants"
     ranked = [v for v in ranking.sort_values(ascending=False).index if v in variants]
@@ -237,7 +241,7 @@ def _comparisons(
     pairs, how = _pairs_to_compare(own, pair, ranking)
     with_table = pair is not None or how == "the sweep's two variants"
     rows, sections = [], []
-    for a, b in pairs:
+    for a, b in tqdm(pairs, desc="probability of improvement", disable=not settings.progress, leave=False):
         try:
             table = compare(
                 own, a, b, by="both" if with_table else "all", **settings.bootstrap(), **settings.selection()
@@ -250,7 +254,9 @@ def _comparisons(
         if with_table:
             table.to_csv(out / "comparison.csv", index=False)
             sections.append(f"## Paired comparison: {a} vs {b}\n\n{render_comparison(table)}")
-    if not with_table:
+    if not pairs:
+        sections.append(f"## Paired comparison\n\nNot computed: {how}.")
+    elif not with_table:
         sections.append(
             "## Paired comparison\n\nNo pair was named (`--pair A B`) and the sweep does not have exactly "
             "two variants: no comparison table. The probability-of-improvement plot below shows " + how + "."
@@ -300,10 +306,13 @@ def _profile_section(own: pd.DataFrame, out: Path, colors: dict, settings: Repor
         own, reps=settings.reps, ci=settings.ci, seed=settings.seed, incomplete=settings.incomplete,
         **settings.selection(),
     )  # fmt: skip
-    plots.plot_performance_profile(profiles, out / PERFORMANCE_PROFILE, colors=colors)
     left_out = "".join(f" {note}." for note in profiles.attrs["notes"])
+    header = "### Performance profile\n\n"
+    if profiles.empty:
+        return header + f"Not drawn: no variant has a usable all-tasks score matrix.{left_out}"
+    plots.plot_performance_profile(profiles, out / PERFORMANCE_PROFILE, colors=colors)
     return (
-        f"### Performance profile\n\n![Performance profile]({PERFORMANCE_PROFILE})\n\n"
+        f"{header}![Performance profile]({PERFORMANCE_PROFILE})\n\n"
         "Fraction of runs (seeds x tasks) whose final offline success exceeds each threshold, with "
         f"bootstrap CI bands.{left_out}"
     )

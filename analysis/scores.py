@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.records import PHASES, PUBLISHED, domain_of, ordered_domains
+from analysis.records import PHASES, PUBLISHED, domain_of, ordered_domains, run_table
 
 ALL_TASKS = "all tasks"
 BEST_PER_DOMAIN = "best-per-domain"
@@ -159,7 +159,7 @@ def phase_variants(records: pd.DataFrame, phase: str) -> tuple[list[str], list[s
 
     Returns (shown, left out because they have evals only in the other phase).
     """
-    runs = pd.DataFrame(records.attrs.get("runs", []), columns=["variant"])
+    runs = run_table(records)
     everything = set(records["variant"]) | set(runs["variant"])
     in_phase = records if phase == "all" else records[records["phase"] == phase]
     with_rows = set(in_phase["variant"])
@@ -246,7 +246,7 @@ def expected_runs(records: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     Per source: the runs sweep.json planned or that have a run directory, and every task and seed
     that any variant of the same source has (a variant with fewer seeds or tasks shows up as missing).
     """
-    runs = pd.DataFrame(records.attrs.get("runs", []), columns=["variant", "task", "seed"])
+    runs = run_table(records)[["variant", "task", "seed"]]
     task_domain = dict(zip(records["task"], records["domain"], strict=True))
     source_of = dict(zip(records["variant"], records["source"], strict=True))
     frames = []
@@ -277,25 +277,36 @@ def build_cell(
     incomplete too, unless `incomplete="common-seeds"`: then the matrix keeps the seeds every task
     has. A variant with the same smaller seed set on every task gets a matrix, marked "fewer seeds".
     """
+    wanted = expected_in(expected, variant, group)
+    have = scores[(scores["variant"] == variant) & scores["task"].isin(set(wanted["task"]))]
+    return cell_from_table(have.pivot(index="seed", columns="task", values="success"), wanted, incomplete)
+
+
+def expected_in(expected: pd.DataFrame, variant: str, group: str) -> pd.DataFrame:
+    """The expected runs of `variant` on `group`."""
+    return expected[(expected["variant"] == variant) & _in_group(expected, group)]
+
+
+def cell_from_table(table: pd.DataFrame, wanted: pd.DataFrame, incomplete: str = "refuse") -> Cell:
+    """`build_cell` from a (seed x task) table of success values, NaN where a run has none."""
     check_choice("incomplete rule", incomplete, INCOMPLETE_RULES)
-    wanted = expected[(expected["variant"] == variant) & _in_group(expected, group)]
     if wanted.empty:
         return Cell("no runs", detail="no runs expected")
     tasks = tuple(sorted(wanted["task"].unique()))
-    have = scores[(scores["variant"] == variant) & scores["task"].isin(tasks)]
-    seeds_by_task = have.groupby("task")["seed"].apply(set).to_dict()
-    empty = [t for t in tasks if not seeds_by_task.get(t)]
+    table = table.reindex(columns=list(tasks))
+    present = table.notna().to_numpy()
+    empty = int((~present.any(axis=0)).sum())
     if empty:
-        return Cell("incomplete", tasks=tasks, detail=f"no runs on {len(empty)} of {len(tasks)} task(s)")
-    common = tuple(sorted(set.intersection(*(seeds_by_task[t] for t in tasks))))
-    dropped = len(have) - len(common) * len(tasks)
+        return Cell("incomplete", tasks=tasks, detail=f"no runs on {empty} of {len(tasks)} task(s)")
+    in_common = present.all(axis=1)
+    common = tuple(int(seed) for seed in table.index[in_common])
+    dropped = int(present.sum()) - len(common) * len(tasks)
     if not common or (dropped and incomplete == "refuse"):
-        detail = f"{dropped} run(s) have seeds that other tasks lack"
-        return Cell("incomplete", tasks=tasks, detail=detail)
-    matrix = have.pivot(index="seed", columns="task", values="success").loc[list(common), list(tasks)]
-    status = "common seeds" if dropped else ("complete" if len(have) == len(wanted) else "fewer seeds")
+        return Cell("incomplete", tasks=tasks, detail=f"{dropped} run(s) have seeds that other tasks lack")
+    matrix = table.to_numpy(dtype=float)[in_common]
+    status = "common seeds" if dropped else ("complete" if present.sum() == len(wanted) else "fewer seeds")
     detail = f"{dropped} run(s) dropped to keep seeds common to all tasks" if dropped else ""
-    return Cell(status, matrix.to_numpy(dtype=float), tasks, common, detail)
+    return Cell(status, matrix, tasks, common, detail)
 
 
 def _in_group(frame: pd.DataFrame, group: str) -> pd.Series:
@@ -316,7 +327,7 @@ def _missing(
     absent = present[present["_merge"] == "left_only"]
     if absent.empty:
         return pd.DataFrame(columns=MISSING_COLUMNS)
-    runs = pd.DataFrame(records.attrs.get("runs", []))
+    runs = run_table(records)
     run_info = runs.set_index(key).to_dict("index") if not runs.empty else {}
     run_rows = records.groupby(key)
     rows = []

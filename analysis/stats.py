@@ -22,9 +22,10 @@ from analysis.scores import (
     ALL_TASKS,
     BEST_PER_DOMAIN,
     INCOMPLETE_RULES,
-    build_cell,
+    cell_from_table,
     check_choice,
     curve_scores,
+    expected_in,
     scores_at,
 )
 
@@ -227,9 +228,16 @@ def _aggregate_curves(records, metrics, phase, by, params, settings) -> pd.DataF
 
 def _curve_rows(own, expected, variant, source, group, metrics, settings) -> list[dict]:
     """One bootstrap per block of steps whose cells share tasks and seeds: a (seeds, tasks, steps) array."""
+    wanted = expected_in(expected, variant, group)
+    if own.empty:
+        return []
+    table = own[own["task"].isin(set(wanted["task"]))].pivot(
+        index=["step", "seed"], columns="task", values="success"
+    )
+    steps_present = table.index.get_level_values("step").unique()
     cells = {
-        s: build_cell(rows, expected, variant, group, settings["incomplete"])
-        for s, rows in own.groupby("step")
+        int(step): cell_from_table(table.xs(step, level="step"), wanted, settings["incomplete"])
+        for step in steps_present
     }
     blocks: dict[tuple, list[int]] = {}
     for step, cell in cells.items():
@@ -237,22 +245,14 @@ def _curve_rows(own, expected, variant, source, group, metrics, settings) -> lis
     rows = []
     for steps in blocks.values():
         stacked = [cells[s].matrix for s in steps]
-        usable = stacked[0] is not None
-        array = np.stack(stacked, axis=-1) if usable else None
+        array = np.stack(stacked, axis=-1) if stacked[0] is not None else None
         values, intervals = _estimate(array, curve_function(metrics), len(metrics) * len(steps), settings)
         for j, step in enumerate(steps):
             base = _cell_fields(variant, source, group, step, cells[step])
             for i, metric in enumerate(metrics):
                 k = j * len(metrics) + i
-                rows.append(
-                    {
-                        **base,
-                        "metric": metric,
-                        "value": values[k],
-                        "ci_low": intervals[0, k],
-                        "ci_high": intervals[1, k],
-                    }
-                )
+                bounds = {"ci_low": intervals[0, k], "ci_high": intervals[1, k]}
+                rows.append({**base, "metric": metric, "value": values[k], **bounds})
     return rows
 
 

@@ -55,18 +55,25 @@ def leaderboard(
         incomplete=incomplete,
         progress=progress,
     )
-    board = table.rename(columns={"group": "row"})
+    return board_from_aggregate(records, table, metric)
+
+
+def board_from_aggregate(records: pd.DataFrame, table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The leaderboard of `metric` from an `aggregate(..., by="both")` table of `records`."""
+    settings = table.attrs["settings"]
+    board = table[table["metric"] == metric].rename(columns={"group": "row"})
     for column in ("value", "ci_low", "ci_high"):
         board[column] = board[column] * 100.0
     board["best"] = _best_in_row(board, metric)
-    board["eval_params"] = _params_used(board, table.attrs["param_choice"], eval_param_selection)
+    board["eval_params"] = _params_used(board, table.attrs["param_choice"], settings["params"])
     board = board[LEADERBOARD_COLUMNS].reset_index(drop=True)
+    step, phase = settings["step"], settings["phase"]
     step_text = "final" if step == "final" else f"step {step}"
     board.attrs.update(
         title=f"{METRIC_LABELS[metric]} success (%) at the {step_text} {phase} step",
         metric=metric,
         missing=table.attrs["missing"],
-        notes=_notes(records, table, board, metric, phase, eval_param_selection),
+        notes=_notes(records, table, board, metric, phase, settings["params"]),
     )
     return board
 
@@ -220,6 +227,7 @@ def _markdown(board, wide: pd.DataFrame, headers: list[str], missing: pd.DataFra
 def _latex(board, wide: pd.DataFrame, headers: list[str], missing: pd.DataFrame | None) -> str:
     caption = board.attrs.get("title", "Leaderboard") + ". " + ". ".join(board.attrs.get("notes", [])) + "."
     lines = [
+        "% needs \\usepackage{booktabs}",
         "\\begin{table}[t]",
         "\\centering",
         f"\\caption{{{latex_escape(caption)}}}",

@@ -15,6 +15,7 @@ from typing import Any
 
 import analysis.cli
 import suites.cli
+from harness import sweep
 from harness.errors import UserError
 
 DEMO_TASK = "cube-double-play-singletask-task1-v0"
@@ -53,7 +54,20 @@ def parse_eval_grid(items: Sequence[str] | None) -> list[dict[str, float]]:
 def add_budget_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("budget (defaults: the suite's)")
     group.add_argument("--offline-steps", type=int, help="offline gradient steps")
-    group.add_argument("--online-steps", type=int, help="online environment steps after the offline phase")
+    group.add_argument(
+        "--online-steps",
+        type=int,
+        help="online environment steps after the offline phase (fine-tuning while acting; 0: none)",
+    )
+    group.add_argument(
+        "--online-warmup-steps",
+        type=int,
+        help="online updates begin at this online step, when that many online transitions are "
+        "in the buffer (default 5000)",
+    )
+    group.add_argument(
+        "--utd-ratio", type=int, help="updates per online environment step (update-to-data ratio, default 1)"
+    )
     group.add_argument(
         "--eval-interval", type=int, help="evaluate every N steps (and at the end of each phase)"
     )
@@ -78,6 +92,9 @@ def budget_from_args(args: argparse.Namespace, suite_budgets: dict[str, int]):
             values[name] = getattr(args, name)
     values["log_interval"] = args.log_interval or min(defaults.log_interval, values["eval_interval"])
     values["checkpoint_interval"] = args.checkpoint_interval or values["eval_interval"]
+    for name in ("online_warmup_steps", "utd_ratio"):
+        given = getattr(args, name, None)
+        values[name] = suite_budgets.get(name, getattr(defaults, name)) if given is None else given
     return Budget(**values)
 
 
@@ -308,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_datagen_parser(sub)
     add_demo_parser(sub)
     suites.cli.register(sub)
+    sweep.register(sub)
     analysis.cli.register(sub)
     return parser
 

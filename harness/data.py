@@ -146,7 +146,8 @@ def _check_shapes(path: Path, data: Mapping[str, np.ndarray], env) -> None:
 class ReplayBuffer:
     """Transitions on the training device, sampled as action chunks.
 
-    Starts hold the offline dataset; `add` appends online transitions up to `capacity`.
+    Starts hold the offline dataset; `add` appends online transitions up to `capacity`;
+    `online_part`/`add_online_part` save and restore those for a checkpoint.
     `sample` draws start indices uniformly over [0, size - H] and builds the chunk exactly:
     after the first terminal inside a chunk, steps get valid 0, add no reward, keep the mask
     and repeat the last valid step's next observation."""
@@ -225,6 +226,34 @@ class ReplayBuffer:
             terminals=terminals,
             next_observations=s["next_observations"][last_valid_step],
         )
+
+    def online_part(self) -> dict[str, torch.Tensor]:
+        """The transitions added after the offline data, on the CPU, compactly: next observations
+        are kept only where they differ from the following transition's observation (episode
+        ends and the last transition), as `next_index` and `next_values`."""
+        part = {key: self.storage[key][self.offline_size : self.size].cpu() for key in FIELDS}
+        observations, next_observations = part["observations"], part.pop("next_observations")
+        differs = torch.ones(len(observations), dtype=torch.bool)
+        differs[:-1] = (next_observations[:-1] != observations[1:]).any(dim=-1)
+        part["next_index"] = differs.nonzero().squeeze(-1)
+        part["next_values"] = next_observations[part["next_index"]]
+        return part
+
+    def add_online_part(self, part: Mapping[str, torch.Tensor]) -> None:
+        """Append transitions saved by `online_part` to a buffer that holds only offline data."""
+        if self.size != self.offline_size:
+            raise RuntimeError("online transitions can only be restored into a buffer holding offline data")
+        observations = part["observations"]
+        n = len(observations)
+        if self.size + n > self.capacity:
+            raise RuntimeError(f"{n} online transitions do not fit a buffer of capacity {self.capacity}")
+        next_observations = torch.empty_like(observations)
+        next_observations[:-1] = observations[1:]
+        next_observations[part["next_index"]] = part["next_values"]
+        for key in FIELDS:
+            value = next_observations if key == "next_observations" else part[key]
+            self.storage[key][self.size : self.size + n] = value.to(self.device)
+        self.size += n
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "size": self.size, "offline_size": self.offline_size}

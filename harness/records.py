@@ -189,4 +189,3 @@ class RunDir:
             path = self.evals_path if kind == "evals" else self.train_path
             write_parquet(path, frame[~drop].reset_index(drop=True))
         return int(drop.sum())
-

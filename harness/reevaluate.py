@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -65,6 +64,7 @@ class LoadedRun:
     run_dir: records.RunDir
     spec: dict[str, Any]
     agent: Agent
+    env: Any  # the task's environment, one as in training (episodes reset with their own seeds)
     step: int
     elapsed_s: float
     phase: str
@@ -75,10 +75,11 @@ class LoadedRun:
         return {**keys, "phase": self.phase}
 
     def evaluate(self, grid: list[dict[str, float]], episodes: int) -> list[dict[str, Any]]:
-        """evals rows of the checkpoint for every setting of `grid` (one env, as in training)."""
-        env = make_env(self.spec["task"])
+        """evals rows of the checkpoint for every setting of `grid`."""
         seed = self.spec["seed"]
-        results = evaluate_grid(self.agent, [env], seed=seed, step=self.step, episodes=episodes, grid=grid)
+        results = evaluate_grid(
+            self.agent, [self.env], seed=seed, step=self.step, episodes=episodes, grid=grid
+        )
         return eval_rows(results, self.row_keys(), step=self.step, wall_time_s=self.elapsed_s)
 
 
@@ -95,14 +96,13 @@ def reevaluate(
     run = load_run(path, grid, device=device)
     episodes = _episodes(run.spec, eval_episodes)
     report = Reevaluation(run.run_dir.path, run.step)
-    todo: dict[str, dict[str, float]] = {}
+    todo = {}
     for given in grid:
-        params, label = eval_setting(run.agent, given)
+        params, label = eval_setting(run.agent.eval_params, given)
         if label in run.recorded:
-            if label not in report.skipped:
-                report.skipped.append(label)
+            report.skipped.append(label)
         else:
-            todo.setdefault(label, params)
+            todo[label] = params
     bar = tqdm(
         total=len(todo) * episodes,
         desc=f"{run.spec['variant']} {run.spec['task']} seed{run.spec['seed']} step {run.step}",
@@ -173,28 +173,31 @@ def load_run(path: str | Path, grid: list[dict[str, float]], *, device: str = "a
         discount=task.discount,
     )
     agent = registry.create(method, env_spec, config, device=torch_device, seed=spec["seed"])
-    checkpoint = _load_checkpoint(run_dir.ckpt_path, torch_device)
+    checkpoint = _load_checkpoint(run_dir.ckpt_path)
     try:
         agent.load_state_dict(checkpoint["agent"])
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
         raise UserError(
-            f"checkpoint {run_dir.ckpt_path} does not fit the run's spec.json ({type(error).__name__}: "
-            f"{str(error).splitlines()[0]})"
+            f"checkpoint {run_dir.ckpt_path} does not fit the run's spec.json ({_describe(error)})"
         ) from None
     step = int(checkpoint["step"])
     evals = run_dir.read_rows("evals")
-    at_step = evals[evals["step"] == step] if not evals.empty else evals
-    recorded = at_step["eval_params"].fillna("").astype(str).tolist() if not at_step.empty else []
-    phase = checkpoint.get("phase") or _phase_of(at_step, step, spec)
+    recorded = [] if evals.empty else evals.loc[evals["step"] == step, "eval_params"].fillna("").tolist()
+    offline = step <= spec["budget"].get("offline_steps", step)
+    phase = checkpoint.get("phase") or ("offline" if offline else "online")  # as Trainer.phase
     elapsed_s = float(checkpoint.get("elapsed_s", 0.0))
-    return LoadedRun(run_dir, spec, agent, step, elapsed_s, phase, recorded)
+    return LoadedRun(run_dir, spec, agent, env, step, elapsed_s, phase, recorded)
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        # on the CPU: generator states must be CPU tensors; load_state_dict moves the rest
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise UserError(f"checkpoint {path} is unreadable ({type(error).__name__}: {error})") from None
+        raise UserError(
+            f"checkpoint {path} is unreadable ({_describe(error)}); it is damaged or not a flowarena "
+            f"checkpoint, and only a new run can replace it"
+        ) from None
     if not isinstance(checkpoint, dict) or not {"agent", "step"} <= set(checkpoint):
         raise UserError(f"checkpoint {path} is not a flowarena checkpoint (no agent state or step)")
     if checkpoint.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
@@ -205,17 +208,14 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     return checkpoint
 
 
-def _phase_of(at_step: pd.DataFrame, step: int, spec: dict[str, Any]) -> str:
-    """The phase of the checkpoint's step: that of the rows already recorded there, else offline
-    up to the offline budget and online after it."""
-    phases = at_step["phase"].unique().tolist() if not at_step.empty else []
-    if len(phases) == 1:
-        return str(phases[0])
-    return "offline" if step <= spec["budget"].get("offline_steps", step) else "online"
-
-
 def _episodes(spec: dict[str, Any], eval_episodes: int | None) -> int:
     episodes = spec["budget"].get("eval_episodes") if eval_episodes is None else eval_episodes
     if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1:
         raise UserError(f"--eval-episodes must be an integer >= 1, got {episodes!r}")
     return episodes
+
+
+def _describe(error: Exception) -> str:
+    """The error's type and the first line of its message (torch's run over many lines)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

@@ -1,9 +1,17 @@
 """One run: (method, task, seed, config) -> records.
 
 The offline phase trains on the dataset, evaluates on a schedule and at its end, logs
-training metrics, checkpoints on a schedule and at the end. Running the same command again
-resumes from the last checkpoint: rows written after that checkpoint are dropped and
-recomputed, so the records equal those of an uninterrupted run.
+training metrics, checkpoints on a schedule and at the end. The online phase (`online_steps` > 0)
+follows: the agent acts in its own environment (harness/online.py), each step's transition
+joins the replay buffer (dataset + online transitions), and from online step
+`online_warmup_steps` on every environment step makes `utd_ratio` updates. Step numbers
+continue: online step j is recorded at step offline_steps + j, with phase `online` in evals and
+train rows, on the same evaluation, logging and checkpoint schedule. With a sharded (100M)
+dataset the shard in the buffer at the switch stays there for the whole online phase.
+
+Running the same command again resumes from the last checkpoint, in either phase: rows written
+after that checkpoint are dropped and recomputed, so the records equal those of an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from harness import records
 from harness.data import OfflineData, ReplayBuffer, make_env
 from harness.errors import UserError
 from harness.evaluate import EvalResult, derive_seed, episode_seeds, evaluate
+from harness.online import Explorer
 
 CHECKPOINT_FORMAT = 1
 _stop = threading.Event()
@@ -51,15 +60,27 @@ class Budget:
     eval_episodes: int = 50
     log_interval: int = 5_000
     checkpoint_interval: int = 50_000
+    online_warmup_steps: int = 5_000  # updates begin at this online step (the reference's start_training)
+    utd_ratio: int = 1  # updates per online environment step
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            minimum = 0 if f.name in ("offline_steps", "online_steps") else 1
-            if not isinstance(value, int) or value < minimum:
+            minimum = 0 if f.name in ("offline_steps", "online_steps", "online_warmup_steps") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise UserError(
                     f"--{f.name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}"
                 )
+        if 0 < self.online_steps < self.online_warmup_steps:
+            raise UserError(
+                f"--online-warmup-steps {self.online_warmup_steps} exceeds --online-steps "
+                f"{self.online_steps}: the online phase would never update the agent; pass a "
+                f"smaller --online-warmup-steps (the protocol's is 5000)"
+            )
+
+    @property
+    def total_steps(self) -> int:
+        return self.offline_steps + self.online_steps
 
 
 @dataclass
@@ -78,6 +99,9 @@ class RunSpec:
     budget: Budget = field(default_factory=Budget)
     device: str = "auto"
     eval_params: list[dict[str, float]] = field(default_factory=list)
+    # Override keys named in the variant even where they equal the suite's value, so that a sweep's
+    # variant (e.g. a grid's qam[inv_temp=1]) has one name on every task.
+    variant_keys: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -136,10 +160,10 @@ def eval_params_label(params: dict[str, float]) -> str:
     return ",".join(f"{k}={format_value(v)}" for k, v in sorted(params.items()))
 
 
-def eval_setting(agent: Agent, given: dict[str, float]) -> tuple[dict[str, float], str]:
-    """A grid entry completed by the agent's declared defaults, and its label (which names every
+def eval_setting(declared: dict[str, float], given: dict[str, float]) -> tuple[dict[str, float], str]:
+    """A grid entry completed by the method's declared defaults, and its label (which names every
     declared parameter; empty for a method without any)."""
-    params = {**agent.eval_params, **given}
+    params = {**declared, **given}
     return params, eval_params_label(params)
 
 
@@ -154,7 +178,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     base = registry.make_config(method, {k: v for k, v in suite_values.items() if k in fields})
     user = registry.parse_overrides(method, spec.overrides)
     config = dataclasses.replace(base, **user)
-    changed = {k: v for k, v in user.items() if getattr(base, k) != v}
+    changed = {k: v for k, v in user.items() if getattr(base, k) != v or k in spec.variant_keys}
     variant = variant_name(method.name, changed)
     _check_eval_params(method, spec.eval_params)
     path = records.run_dir_path(spec.out, spec.sweep, variant, task.task, spec.seed)
@@ -168,6 +192,10 @@ def _check_eval_params(method: registry.Method, grid: list[dict[str, float]]) ->
             if key not in declared:
                 known = ", ".join(declared) or "none"
                 raise UserError(f"{method.name} has no evaluation parameter {key!r} (it declares: {known})")
+    labels = [eval_setting(declared, params)[1] for params in grid]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise UserError(f"--eval-param gives the setting {', '.join(repeated)} more than once")
 
 
 def evaluate_grid(
@@ -179,7 +207,7 @@ def evaluate_grid(
     results = []
     agent.eval()
     for given in grid:
-        params, label = eval_setting(agent, given)
+        params, label = eval_setting(agent.eval_params, given)
         key = zlib.crc32(label.encode())
         agent.act_generator.manual_seed(derive_seed(seed, step, key, 1))
         seeds = episode_seeds(seed, step, 2, n=episodes)
@@ -296,6 +324,8 @@ class Trainer:
             capacity=capacity,
         )
         self.eval_envs: list = [self.env]  # reset with a fixed seed before every episode
+        self.explorer: Explorer | None = None  # the online phase's acting, once it started
+        self.online_state: dict[str, Any] | None = None  # from a checkpoint inside the online phase
         self.step = 0
         self.checkpoint_step = -1
         self.elapsed_s = 0.0
@@ -309,13 +339,16 @@ class Trainer:
         }
 
     # --- the loop ---------------------------------------------------------------------
+    @property
+    def phase(self) -> str:
+        return "online" if self.step > self.budget.offline_steps else "offline"
+
     def run(self) -> str:
         self.restore()
-        self.run_dir.write_status("running", step=self.step, phase="offline", started_at=time.time())
-        budget = self.budget
+        self.run_dir.write_status("running", step=self.step, phase=self.phase, started_at=time.time())
         start_time = time.perf_counter() - self.elapsed_s
         bar = tqdm(
-            total=budget.offline_steps,
+            total=self.budget.total_steps,
             initial=self.step,
             desc=f"{self.resolved.variant} {self.resolved.task.task} seed{self.seed}",
             unit="step",
@@ -323,38 +356,116 @@ class Trainer:
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
         )
         with bar:
-            while self.step < budget.offline_steps:
-                self.step += 1
-                self.rotate_shard()
-                metrics = self.agent.update(self.buffer.sample(self.resolved.config.batch_size))
-                self.elapsed_s = time.perf_counter() - start_time
-                finite, bad_metric = is_finite_metrics(metrics)
-                if not finite:
-                    return self.diverged(bad_metric, metrics[bad_metric])
-                if self.step % budget.log_interval == 0:
-                    self.log_train(metrics)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3g}", refresh=False)
-                if self.step % budget.eval_interval == 0 or self.step == budget.offline_steps:
-                    success = self.evaluate()
-                    bar.set_postfix(loss=f"{metrics['loss']:.3g}", success=f"{success:.2f}", refresh=False)
-                if self.step % budget.checkpoint_interval == 0 or self.step == budget.offline_steps:
-                    self.checkpoint()
-                bar.update(1)
-                if _stop.is_set():
-                    return self.preempted()
+            state = self.offline_phase(bar, start_time)
+            if state is None and self.step < self.budget.total_steps:
+                state = self.online_phase(bar, start_time)
+        if state is not None:
+            return state
         self.flush_train_rows()
-        self.run_dir.write_status("done", step=self.step, phase="offline", finished_at=time.time())
+        self.run_dir.write_status(
+            "done", step=self.step, phase=self.phase, finished_at=time.time(), **self.online_status()
+        )
         return "done"
 
+    def offline_phase(self, bar: tqdm, start_time: float) -> str | None:
+        """Gradient steps on the dataset up to `offline_steps`; returns a final state when the
+        run stops early (diverged, preempted), else None."""
+        budget = self.budget
+        while self.step < budget.offline_steps:
+            self.step += 1
+            self.rotate_shard()
+            metrics = self.agent.update(self.buffer.sample(self.resolved.config.batch_size))
+            self.elapsed_s = time.perf_counter() - start_time
+            finite, bad_metric = is_finite_metrics(metrics)
+            if not finite:
+                return self.diverged(bad_metric, metrics[bad_metric])
+            if self.step % budget.log_interval == 0:
+                self.log_train(metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.3g}", refresh=False)
+            if self.step % budget.eval_interval == 0 or self.step == budget.offline_steps:
+                success = self.evaluate()
+                bar.set_postfix(loss=f"{metrics['loss']:.3g}", success=f"{success:.2f}", refresh=False)
+            if self.step % budget.checkpoint_interval == 0 or self.step == budget.offline_steps:
+                self.checkpoint()
+            bar.update(1)
+            if _stop.is_set():
+                return self.preempted()
+        return None
+
+    def online_phase(self, bar: tqdm, start_time: float) -> str | None:
+        """Environment steps up to `online_steps`, each followed by `utd_ratio` updates from
+        online step `online_warmup_steps` on; returns a final state when the run stops early."""
+        budget = self.budget
+        explorer = self.start_online()
+        self.run_dir.write_status("running", step=self.step, phase="online", **self.online_status())
+        metrics: dict[str, Any] = {}
+        while self.step < budget.total_steps:
+            self.step += 1
+            explorer.step()
+            if self.step - budget.offline_steps >= budget.online_warmup_steps:
+                for _ in range(budget.utd_ratio):
+                    metrics = self.agent.update(self.buffer.sample(self.resolved.config.batch_size))
+                    finite, bad_metric = is_finite_metrics(metrics)
+                    if not finite:
+                        return self.diverged(bad_metric, metrics[bad_metric])
+            self.elapsed_s = time.perf_counter() - start_time
+            if self.step % budget.log_interval == 0:
+                self.log_train({**metrics, **explorer.metrics()}, phase="online")
+            if self.step % budget.eval_interval == 0 or self.step == budget.total_steps:
+                success = self.evaluate(phase="online")
+                bar.set_postfix(buffer=self.buffer.size, success=f"{success:.2f}", refresh=False)
+            if self.step % budget.checkpoint_interval == 0 or self.step == budget.total_steps:
+                self.checkpoint()
+            bar.update(1)
+            if _stop.is_set():
+                return self.preempted()
+        return None
+
+    def start_online(self) -> Explorer:
+        """The online phase's acting, in an environment of its own: fresh, or as checkpointed.
+        The buffer keeps the shard it holds at the switch (no more rotation). A method with
+        eval-time parameters acts with the first setting of the eval grid."""
+        self.use_shard(self.data.shard_for_step(self.budget.offline_steps))
+        explorer = Explorer(
+            make_env(self.resolved.task.task),
+            self.agent,
+            self.buffer,
+            seed=self.seed,
+            sparse=self.resolved.task.sparse,
+            eval_params={**self.agent.eval_params, **(self.resolved.spec.eval_params or [{}])[0]},
+        )
+        if self.online_state is None:
+            explorer.start()
+        else:
+            explorer.load_state_dict(self.online_state)
+            self.online_state = None
+        self.explorer = explorer
+        return explorer
+
+    def online_status(self) -> dict[str, Any]:
+        """status.json fields of the online phase: the replay buffer's size."""
+        if self.phase != "online":
+            return {}
+        if self.explorer is None and self.online_state is not None:  # resumed at the very end
+            saved = self.online_state
+            return {"buffer_size": saved["offline_size"] + len(saved["transitions"]["actions"])}
+        return {"buffer_size": self.buffer.size}
+
     def rotate_shard(self) -> None:
-        shard = self.data.shard_for_step(self.step)
+        self.use_shard(self.data.shard_for_step(self.step))
+
+    def use_shard(self, shard: int) -> None:
         if shard != self.data.current:
-            self.buffer.load_offline(self.data.load(shard), self.buffer.capacity)
+            transitions = self.data.load(shard)
+            capacity = len(transitions["observations"]) + self.budget.online_steps
+            self.buffer.load_offline(transitions, max(capacity, self.buffer.capacity))
 
     def preempted(self) -> str:
         if self.checkpoint_step != self.step:
             self.checkpoint()
-        self.run_dir.write_status("pending", step=self.step, note=f"preempted at step {self.step}; will resume")
+        self.run_dir.write_status(
+            "pending", step=self.step, note=f"preempted at step {self.step}; will resume"
+        )
         _say(f"stopped at step {self.step} on request; checkpoint saved", self.progress)
         return "preempted"
 
@@ -402,12 +513,16 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "elapsed_s": self.elapsed_s,
+            "phase": self.phase,
             "agent": self.agent.state_dict(),
             "buffer": self.buffer.state_dict(),
+            "online": self.explorer.state_dict() if self.explorer is not None else None,
         }
         records.atomic_write(self.run_dir.ckpt_path, lambda tmp: torch.save(state, tmp))
         self.checkpoint_step = self.step
-        self.run_dir.write_status("running", step=self.step, checkpoint_step=self.step)
+        self.run_dir.write_status(
+            "running", step=self.step, checkpoint_step=self.step, **self.online_status()
+        )
 
     def restore(self) -> None:
         """Continue from the checkpoint, if any, dropping rows written after it."""
@@ -415,7 +530,8 @@ class Trainer:
         checkpoint_step = 0
         if path.exists():
             try:
-                state = torch.load(path, map_location=self.device, weights_only=True)
+                # on the CPU: generator states must be CPU tensors; load_state_dict moves the rest
+                state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as error:
                 raise UserError(
                     f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); move it away to "
@@ -425,6 +541,7 @@ class Trainer:
             self.buffer.load_state_dict(state["buffer"])
             checkpoint_step = self.step = state["step"]
             self.elapsed_s = state["elapsed_s"]
+            self.online_state = state.get("online")
             _say(f"resuming {self.run_dir.path} from step {self.step}", self.progress)
         for kind in ("evals", "train"):
             self.run_dir.truncate_rows(checkpoint_step, kind)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from rliable import metrics
 import analysis
 from analysis import AnalysisError
 from analysis.cli import main, register
+from analysis.records import RunTable, run_table
 
 REPS = 120
 SEED = 7
@@ -181,15 +184,22 @@ def test_load_reads_run_directories_or_the_collected_file(synthetic, records, tm
     assert "run directories" in records.attrs["loaded_from"]
     assert len(records) == len(truth)
     assert set(records["source"]) == {"sweep"}
-    runs = pd.DataFrame(records.attrs["runs"])
+    runs = run_table(records)
     assert len(runs) == 4 * 3 * 4 + 4 * 2 and runs["planned"].all()
     assert runs.set_index(["variant", "task", "seed"]).loc[FAILED_RUN, "state"] == "failed"
+    subset = records[records["seed"] == 0]
+    assert isinstance(subset.attrs["runs"], RunTable) and subset.attrs["runs"] is records.attrs["runs"]
 
     pd.concat([pd.read_parquet(p) for p in root.glob("*/*/seed*/evals.parquet")]).to_parquet(
         tmp_path / "evals.parquet"
     )
     collected = analysis.load(tmp_path)
-    assert "collected records" in collected.attrs["loaded_from"]
+    assert "collected records" in collected.attrs["loaded_from"] and collected.attrs["notes"] == []
+    copy = shutil.copytree(root, tmp_path / "copy")
+    (tmp_path / "evals.parquet").rename(copy / "evals.parquet")
+    newer = next(copy.glob("qam/*/seed0/evals.parquet"))
+    os.utime(newer, (newer.stat().st_mtime + 60, newer.stat().st_mtime + 60))
+    assert "1 run(s) wrote evals after" in analysis.load(copy).attrs["notes"][0]
     key = ["variant", "task", "seed", "step", "eval_params"]
     left = collected.sort_values(key).reset_index(drop=True)
     right = records.sort_values(key).reset_index(drop=True)
@@ -346,6 +356,23 @@ def test_missing_runs_are_named_with_their_reason(records):
         assert missing[("fbrac", task, 2)].startswith("no records")
     online = analysis.missing_runs(records, phase="online").set_index(["variant", "task", "seed"])
     assert NAN_ROW[:3] not in online.index and FAILED_RUN in online.index
+
+
+def test_a_run_that_stopped_early_is_named_with_its_last_step(records):
+    stopped = ("qam[inv_temp=3]", CUBE[1], 2)
+    at = (
+        (records["variant"] == stopped[0]) & (records["task"] == stopped[1]) & (records["seed"] == stopped[2])
+    )
+    cut = records[~(at & (records["step"] >= FINAL))].copy()
+    runs = run_table(records).copy()
+    running = (runs["variant"] == stopped[0]) & (runs["task"] == stopped[1]) & (runs["seed"] == stopped[2])
+    runs.loc[running, ["state", "status_step"]] = ["running", 250.0]
+    cut.attrs["runs"] = runs.to_dict("records")
+    missing = analysis.missing_runs(cut).set_index(["variant", "task", "seed"])["reason"]
+    assert missing[stopped] == "no eval at step 300 (last offline eval at step 200); run running at step 250"
+    board = analysis.leaderboard(cut, reps=0, progress=False)
+    assert cell(board, stopped[0], "cube-double-play", row="row")["status"] == "incomplete"
+    assert cell(board, stopped[0], "puzzle-3x3-play", row="row")["status"] == "complete"
 
 
 def test_leaderboard_refuses_incomplete_cells_and_says_so(records, synthetic):

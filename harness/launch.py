@@ -1,0 +1,414 @@
+"""Executors: the runs of a sweep in submitit jobs, on this machine or on Slurm.
+
+A job holds a pack of runs (one locally; `--runs-per-gpu K` per GPU on Slurm). Its process,
+`PackJob`, starts one child process per run, `python -m harness.launch RUN_JSON`, which calls
+`harness.train.run` with stdout and stderr appended to `<run_dir>/run.log`, and waits for them. The
+runs of a pack train in parallel and each resumes on its own.
+
+Stopping. A child turns SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 into `train.request_stop()`: the
+training loop checkpoints at the next step boundary, marks the run pending ("preempted at step N")
+and returns "preempted", so nothing past the checkpoint is written. Slurm signals every process of
+the job:
+- time limit or preemption warning (USR2, SIGNAL_DELAY_S before the end): submitit calls
+  `PackJob.checkpoint` in the job process; it also signals the children, waits up to STOP_WAIT_S for
+  them to save, and returns a DelayedSubmission of the same pack, which submitit requeues. Training
+  never runs in the job process, so the signal handler may block while the runs save.
+- `scontrol requeue`, preemption by requeue, `scancel`: SIGTERM; the children save and exit before
+  Slurm's SIGKILL when they can. Killed harder, a run loses what followed its last checkpoint: its
+  next attempt drops rows past the checkpoint and recomputes them (train.py), so no row is lost or
+  duplicated.
+A requeued pack skips its runs that are done or diverged and resumes the others.
+
+Safety. A child holds an exclusive lock on `<run_dir>/.lock` while it trains, so a run submitted
+twice (a sweep rerun while its old jobs still run) never has two writers; the second one waits
+LOCK_WAIT_S and then leaves the run alone. A child touches `<run_dir>/.heartbeat` every HEARTBEAT_S,
+so `flowarena status` can tell a silent run from a live one on another host.
+
+Local executor: submitit's LocalExecutor, which starts every job at once, so `LocalLauncher` keeps at
+most `--jobs` of them running and submits the next as one ends. Run state never comes from Slurm or
+submitit (no accounting here; a job killed without a result file would make `job.result()` hang):
+`SlurmLauncher.poll` asks only whether the jobs are still in the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from harness import records
+from harness.errors import UserError
+from harness.sweep import HEARTBEAT_NAME, JOBS_DIR, LOG_NAME
+
+LOCK_NAME = ".lock"
+HEARTBEAT_S = 30.0
+LOCK_WAIT_S = 10.0
+SIGNAL_DELAY_S = 120  # Slurm warns (USR2) this long before the time limit
+STOP_WAIT_S = 90.0  # how long checkpoint() waits for the runs to save
+CHILD_POLL_S = 0.5
+LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs have a time limit; ours is "none"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+EXIT_DONE, EXIT_FAILED, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_LOCKED, EXIT_PREEMPTED = 0, 1, 2, 3, 73, 75
+OUTCOMES = {
+    EXIT_DONE: "done",
+    EXIT_FAILED: "failed",
+    EXIT_USER_ERROR: "failed",
+    EXIT_DIVERGED: "diverged",
+    EXIT_LOCKED: "locked",
+    EXIT_PREEMPTED: "preempted",
+}
+
+
+# --- the job process ---------------------------------------------------------------------------
+def run_payload(run: Any) -> dict[str, Any]:
+    """What a job needs of a PlannedRun (plain JSON: the job process never imports torch)."""
+    return {"run_dir": str(run.run_dir), "label": run.label, "spec": dataclasses.asdict(run.spec)}
+
+
+def read_state(run_dir: str | Path) -> str:
+    path = Path(run_dir) / "status.json"
+    try:
+        return json.loads(path.read_text()).get("state", "pending")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return "pending"
+
+
+class PackJob(submitit.helpers.Checkpointable):
+    """One job: its runs in parallel child processes. `threads`: torch threads per run;
+    `runs_per_gpu`: child i uses the job's GPU i // runs_per_gpu."""
+
+    def __init__(self, threads: int | None = None, runs_per_gpu: int = 1) -> None:
+        self.threads = threads
+        self.runs_per_gpu = runs_per_gpu
+        self._children: dict[str, subprocess.Popen] = {}
+
+    def __call__(self, runs: list[dict[str, Any]]) -> dict[str, str]:
+        outcomes: dict[str, str] = {}
+        try:
+            for index, run in enumerate(runs):
+                state = read_state(run["run_dir"])
+                if state in records.FINAL_STATES:
+                    outcomes[run["run_dir"]] = state
+                else:
+                    self._children[run["run_dir"]] = self._start(run, index)
+            while any(child.poll() is None for child in self._children.values()):
+                time.sleep(CHILD_POLL_S)
+        finally:
+            self.stop_children(wait_s=0)  # only does something when leaving on an exception
+        for run_dir, child in self._children.items():
+            outcomes[run_dir] = OUTCOMES.get(child.returncode, f"exit code {child.returncode}")
+        return outcomes
+
+    def checkpoint(self, runs: list[dict[str, Any]]) -> submitit.helpers.DelayedSubmission:
+        """Preemption or time limit (in submitit's USR2 handler): let the runs save, then requeue."""
+        self.stop_children(wait_s=STOP_WAIT_S)
+        return submitit.helpers.DelayedSubmission(PackJob(self.threads, self.runs_per_gpu), runs)
+
+    def stop_children(self, *, wait_s: float) -> None:
+        alive = [child for child in self._children.values() if child.poll() is None]
+        for child in alive:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + wait_s
+        while any(child.poll() is None for child in alive) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def _start(self, run: dict[str, Any], index: int) -> subprocess.Popen:
+        run_dir = Path(run["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        if self.threads:
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        env.update(self._gpu_env(index))
+        payload = json.dumps({**run, "threads": self.threads})
+        with (run_dir / LOG_NAME).open("a") as log:
+            log.write(_attempt_header(run["label"]))
+            log.flush()
+            return subprocess.Popen(
+                [sys.executable, "-m", "harness.launch", payload],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+
+    def _gpu_env(self, index: int) -> dict[str, str]:
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        if len(visible) <= 1:
+            return {}
+        return {"CUDA_VISIBLE_DEVICES": visible[(index // self.runs_per_gpu) % len(visible)]}
+
+
+def _attempt_header(label: str) -> str:
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "?")
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array:
+        job = f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '?')} (job {job})"
+    restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"\n==== {when} {label}: host {socket.gethostname()}, job {job}, restart {restart} ====\n"
+
+
+# --- the child process: one run ----------------------------------------------------------------
+def child_main(payload_json: str) -> int:
+    """Train one run (called as `python -m harness.launch RUN_JSON`); the exit code names the outcome."""
+    payload = json.loads(payload_json)
+    stop_early = threading.Event()
+    for sig in STOP_SIGNALS:  # until training can be asked to stop, remember the request
+        signal.signal(sig, lambda *_: stop_early.set())
+    from harness import train
+    from harness.cli import quiet_library_warnings
+
+    quiet_library_warnings()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: train.request_stop())
+    run_dir = Path(payload["run_dir"])
+    with run_lock(run_dir) as locked:
+        if not locked:
+            print(f"another process holds {run_dir / LOCK_NAME}; leaving this run to it", flush=True)
+            return EXIT_LOCKED
+        if stop_early.is_set():
+            print("stopped before training started", flush=True)
+            return EXIT_PREEMPTED
+        with heartbeat(run_dir):
+            return _train(train, payload)
+
+
+def _train(train: Any, payload: dict[str, Any]) -> int:
+    if payload.get("threads"):
+        import torch
+
+        torch.set_num_threads(payload["threads"])
+    spec_fields = dict(payload["spec"])
+    spec = train.RunSpec(**{**spec_fields, "budget": train.Budget(**spec_fields["budget"])})
+    run_dir = records.RunDir(payload["run_dir"])
+    try:
+        state = train.run(spec, progress=True)
+    except UserError as error:
+        _mark_failed(run_dir, error)
+        print(f"flowarena: error: {error}", flush=True)
+        return EXIT_USER_ERROR
+    except Exception as error:
+        _mark_failed(run_dir, error)
+        traceback.print_exc()
+        return EXIT_FAILED
+    codes = {"done": EXIT_DONE, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}
+    if state not in codes:
+        print(f"train.run returned an unknown state {state!r}", flush=True)
+    return codes.get(state, EXIT_FAILED)
+
+
+def _mark_failed(run_dir: records.RunDir, error: BaseException) -> None:
+    """train.run records failures inside training; this covers errors before it (e.g. a missing
+    dataset), so that `flowarena status` shows them. A finished run's status is never touched."""
+    status = run_dir.read_status()
+    if status.get("state") in (*records.FINAL_STATES, "failed"):
+        return
+    run_dir.write_status("failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Yields True while this process holds the run's lock (the OS drops it if the process dies)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / LOCK_NAME).open("a") as handle:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.5)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def heartbeat(run_dir: Path):
+    """Touch `<run_dir>/.heartbeat` every HEARTBEAT_S while the block runs."""
+    done = threading.Event()
+    path = run_dir / HEARTBEAT_NAME
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                path.touch()
+            if done.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
+
+
+# --- launchers: submitting packs and knowing when they have ended -------------------------------
+class LocalLauncher:
+    """submitit's LocalExecutor, at most `jobs` jobs (one run each) at once."""
+
+    def __init__(self, folder: Path, options: Any) -> None:
+        self.executor = submitit.LocalExecutor(folder=folder / "local", max_num_timeout=options.max_requeues)
+        self.executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, signal_delay_s=SIGNAL_DELAY_S)
+        self.limit = options.jobs
+        self.job = PackJob(threads=max(1, _cpu_count() // options.jobs))
+        self.queue: deque[list[dict[str, Any]]] = deque()
+        self.active: list[submitit.Job] = []
+
+    def start(self, packs: list[list[Any]]) -> None:
+        self.queue = deque([run_payload(run) for run in pack] for pack in packs)
+        self._fill()
+
+    def poll(self) -> bool:
+        """Starts queued jobs as running ones end; False once all have ended."""
+        self.active = [job for job in self.active if not job.done()]
+        self._fill()
+        return bool(self.active)
+
+    def _fill(self) -> None:
+        while self.queue and len(self.active) < self.limit:
+            self.active.append(self.executor.submit(self.job, self.queue.popleft()))
+
+    def cancel(self) -> None:
+        """Ctrl-C: the jobs' runs checkpoint at their next step and stop; nothing new starts."""
+        self.queue.clear()
+        for job in self.active:
+            job.cancel(check=False)
+
+    def describe(self, runs: int) -> str:
+        return f"running {runs} run(s) here, at most {self.limit} at once; each logs to <run_dir>/{LOG_NAME}"
+
+    def job_records(self) -> list[dict[str, Any]]:
+        return []
+
+
+class SlurmLauncher:
+    """A Slurm job array through submitit's SlurmExecutor; its jobs outlive this process."""
+
+    def __init__(self, folder: Path, options: Any, name: str) -> None:
+        self.options = options
+        self.executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=options.max_requeues)
+        try:
+            self.executor.update_parameters(**slurm_parameters(options, name))
+        except ValueError as error:
+            raise UserError(f"bad Slurm option: {error}") from None
+        threads = max(1, options.cpus_per_job // options.runs_per_job)
+        self.job = PackJob(threads=threads, runs_per_gpu=options.runs_per_gpu)
+        self.jobs: list[submitit.Job] = []
+        self.packs: list[list[dict[str, Any]]] = []
+
+    def start(self, packs: list[list[Any]]) -> None:
+        self.packs = [[run_payload(run) for run in pack] for pack in packs]
+        try:
+            self.jobs = self.executor.map_array(self.job, self.packs)
+        except (
+            submitit.core.utils.UncompletedJobError,
+            submitit.core.utils.FailedSubmissionError,
+            OSError,
+        ) as error:
+            raise UserError(f"sbatch refused the job array: {str(error).strip()}") from None
+
+    def poll(self) -> bool:
+        return slurm_jobs_alive([job.job_id for job in self.jobs])
+
+    def cancel(self) -> None:
+        """Ctrl-C: the jobs keep running on the cluster; `flowarena status` follows them."""
+        ids = " ".join(sorted({job.job_id.split("_")[0] for job in self.jobs}))
+        print(f"the Slurm jobs keep running (scancel {ids} stops them)", file=sys.stderr)
+
+    def describe(self, runs: int) -> str:
+        array = self.jobs[0].job_id.split("_")[0] if self.jobs else "?"
+        return (
+            f"submitted Slurm job array {array}: {len(self.jobs)} job(s), {runs} run(s); run logs in "
+            f"<run_dir>/{LOG_NAME}, job logs in {self.executor.folder.parent}"
+        )
+
+    def job_records(self) -> list[dict[str, Any]]:
+        return [
+            {"job_id": job.job_id, "runs": [run["label"] for run in pack], "submitted_at": time.time()}
+            for job, pack in zip(self.jobs, self.packs)
+        ]
+
+
+def slurm_parameters(options: Any, name: str) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters of the executor options."""
+    params: dict[str, Any] = {
+        "job_name": f"flowarena-{name}",
+        "time": options.timeout_min,
+        "cpus_per_task": options.cpus_per_job,
+        "signal_delay_s": SIGNAL_DELAY_S,
+        "stderr_to_stdout": True,
+    }
+    if options.gpus:
+        params["gpus_per_node"] = options.gpus
+    optional = {
+        "partition": options.partition,
+        "account": options.account,
+        "qos": options.qos,
+        "mem": options.mem,
+        "array_parallelism": options.array_parallelism,
+    }
+    params.update({k: v for k, v in optional.items() if v is not None})
+    if options.sbatch:
+        params["additional_parameters"] = dict(options.sbatch)
+    return params
+
+
+def slurm_jobs_alive(job_ids: list[str]) -> bool:
+    """Whether any of the jobs (array tasks included) is still in Slurm's queue: pending, running,
+    requeued or completing. When the controller cannot be asked, assume they are."""
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
+    if not arrays:
+        return False
+    try:
+        result = subprocess.run(
+            ["squeue", "--noheader", "--format=%i", f"--jobs={','.join(arrays)}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if result.returncode == 0:
+        return bool(result.stdout.strip())
+    return "Invalid job id" not in result.stderr
+
+
+def make_launcher(plan: Any) -> LocalLauncher | SlurmLauncher:
+    folder = plan.sweep_dir / JOBS_DIR
+    options = plan.spec.executor
+    if options.kind == "slurm":
+        return SlurmLauncher(folder, options, plan.spec.name)
+    return LocalLauncher(folder, options)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1]))
