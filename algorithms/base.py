@@ -9,18 +9,28 @@ Stacked seeds: an agent built with several seeds holds every parameter with a le
 `stack` dimension (one entry per seed) and receives batches shaped (*stack, B, ...). Methods
 therefore reduce over trailing (batch, action) dimensions only and return a loss of shape
 `self.stack`; with a single seed `stack == ()` and everything is the familiar (B, ...) case.
+
+Every stacked seed has its own random streams: `self.generator` and `self.act_generator` are then
+a `GeneratorStack` (one torch.Generator per seed), `randn`/`rand` draw each seed's slice from its
+own generator, and `registry.create` initialises each seed's slice of the networks as a lone
+agent of that seed. Seed k in a stack therefore draws the same random numbers as seed k trained
+alone; `slice_agent_state` and `stack_agent_states` convert between a stacked agent's state and
+the lone agents' states (networks, optimiser, generators).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+ACT_SEED_OFFSET = 1_000_003  # the acting generator of seed s starts from seed s + this
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,75 @@ class Batch:
         return Batch(*(t.to(device) for t in self.tensors()))
 
 
+class GeneratorStack:
+    """One torch.Generator per stacked seed, used where a lone agent uses one generator: draws
+    with `randn`/`rand` give each seed the numbers its own generator gives it alone. States are
+    a (S, n) uint8 tensor, one row per seed."""
+
+    def __init__(self, generators: Sequence[torch.Generator]) -> None:
+        self.generators = list(generators)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def __iter__(self) -> Iterator[torch.Generator]:
+        return iter(self.generators)
+
+    def __getitem__(self, index: int) -> torch.Generator:
+        return self.generators[index]
+
+    @property
+    def device(self) -> torch.device:
+        return self.generators[0].device
+
+    def get_state(self) -> Tensor:
+        return torch.stack([g.get_state() for g in self.generators])
+
+    def set_state(self, states: Tensor | Sequence[Tensor]) -> GeneratorStack:
+        if len(states) != len(self.generators):
+            raise ValueError(f"{len(states)} generator states for a stack of {len(self.generators)}")
+        for g, state in zip(self.generators, states):
+            g.set_state(state.clone())  # its own storage: a row of a stacked state will not do
+        return self
+
+    def manual_seed(self, seeds: Sequence[int]) -> GeneratorStack:
+        if len(seeds) != len(self.generators):
+            raise ValueError(f"{len(seeds)} seeds for a stack of {len(self.generators)} generators")
+        for g, seed in zip(self.generators, seeds):
+            g.manual_seed(int(seed))
+        return self
+
+
+AnyGenerator = torch.Generator | GeneratorStack
+
+
+def randn(shape: Sequence[int], generator: AnyGenerator, device: torch.device | str | None = None) -> Tensor:
+    """Standard normal numbers; from a GeneratorStack, slice i of the leading dimension (which must
+    be the stack's length) comes from generator i."""
+    return _draw(torch.randn, tuple(shape), generator, device)
+
+
+def rand(shape: Sequence[int], generator: AnyGenerator, device: torch.device | str | None = None) -> Tensor:
+    """Uniform numbers in [0, 1); per-seed slices as in `randn`."""
+    return _draw(torch.rand, tuple(shape), generator, device)
+
+
+def _draw(fn: Any, shape: tuple[int, ...], generator: AnyGenerator, device: Any) -> Tensor:
+    device = generator.device if device is None else device
+    if not isinstance(generator, GeneratorStack):
+        return fn(shape, generator=generator, device=device)
+    if not shape or shape[0] != len(generator):
+        raise ValueError(
+            f"a draw of shape {shape} from {len(generator)} stacked generators needs them leading"
+        )
+    return torch.stack([fn(shape[1:], generator=g, device=device) for g in generator])
+
+
+def _generators(seeds: Sequence[int], offset: int, device: torch.device, stacked: bool) -> AnyGenerator:
+    made = [torch.Generator(device).manual_seed(seed + offset) for seed in seeds]
+    return GeneratorStack(made) if stacked else made[0]
+
+
 @dataclass
 class BaseConfig:
     """Fields the harness reads from every method's config."""
@@ -89,9 +168,11 @@ class Agent(nn.Module):
         self.config = config
         self.device = torch.device(device)
         seeds = [seed] if isinstance(seed, int) else list(seed)
-        self.stack: tuple[int, ...] = () if isinstance(seed, int) else (len(seeds),)
-        self.generator = torch.Generator(self.device).manual_seed(seeds[0])
-        self.act_generator = torch.Generator(self.device).manual_seed(seeds[0] + 1_000_003)
+        stacked = not isinstance(seed, int)
+        self.seeds = seeds
+        self.stack: tuple[int, ...] = (len(seeds),) if stacked else ()
+        self.generator: AnyGenerator = _generators(seeds, 0, self.device, stacked)
+        self.act_generator: AnyGenerator = _generators(seeds, ACT_SEED_OFFSET, self.device, stacked)
         self.optimizer: torch.optim.Optimizer | None = None
         self.max_grad_norm: float | None = None
         self._target_pairs: list[tuple[nn.Module, nn.Module]] = []
@@ -118,7 +199,10 @@ class Agent(nn.Module):
     ) -> None:
         """One Adam over `parameters`; `targets` lists (target, online) pairs kept by Polyak
         averaging after every update; `max_grad_norm` clips the global norm (per seed)."""
-        self.optimizer = torch.optim.Adam(list(parameters), lr=lr)
+        # The fused (single-kernel) Adam: about 5x faster than the per-tensor one on a CPU, the
+        # same update up to float rounding.
+        fused = self.device.type in FUSED_ADAM_DEVICES
+        self.optimizer = torch.optim.Adam(list(parameters), lr=lr, fused=fused or None)
         self.max_grad_norm = max_grad_norm
         self._target_pairs = list(targets)
         self.target_tau = target_tau
@@ -126,20 +210,23 @@ class Agent(nn.Module):
             target.load_state_dict(online.state_dict())
             target.requires_grad_(False)
 
-    def randn(self, *shape: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(shape, generator=generator or self.generator, device=self.device)
+    def randn(self, *shape: int, generator: AnyGenerator | None = None) -> Tensor:
+        """Normal noise from `generator` (default: the training generator); with stacked seeds
+        the shape starts with the stack."""
+        return randn(shape, generator or self.generator, self.device)
 
-    def rand(self, *shape: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.rand(shape, generator=generator or self.generator, device=self.device)
+    def rand(self, *shape: int, generator: AnyGenerator | None = None) -> Tensor:
+        return rand(shape, generator or self.generator, self.device)
 
     def obs_batch_shape(self, obs: Tensor) -> tuple[int, ...]:
         """The leading (*stack, B) shape of an observation tensor."""
         return tuple(obs.shape[:-1])
 
     # --- the generic update -----------------------------------------------------------
-    def update(self, batch: Batch) -> dict[str, float]:
-        """One gradient step. Returns metrics as floats (a list of floats per metric when seeds
-        are stacked)."""
+    def update(self, batch: Batch) -> Metrics:
+        """One gradient step. Returns its metrics as a mapping of floats (a list of floats per
+        metric when seeds are stacked), read from the device when first accessed: the step itself
+        never waits for the device (`Metrics.tensor` holds them there)."""
         assert self.optimizer is not None, f"{type(self).__name__} never called setup_optimizer"
         loss, metrics = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -149,7 +236,7 @@ class Agent(nn.Module):
             grad_norm = clip_grad_norm_stacked(self._trainable(), self.max_grad_norm, len(self.stack))
             metrics = {**metrics, "grad_norm": grad_norm}
         self.optimizer.step()
-        return metrics_to_python({**metrics, "loss": loss.detach()})
+        return Metrics(*stack_metrics({**metrics, "loss": loss.detach()}, self.stack))
 
     def _trainable(self) -> list[Tensor]:
         assert self.optimizer is not None
@@ -202,12 +289,42 @@ def clip_grad_norm_stacked(params: list[Tensor], max_norm: float, stack_ndim: in
     return norm
 
 
-def metrics_to_python(metrics: dict[str, Tensor]) -> dict[str, Any]:
-    """One device sync for all metrics; floats, or lists of floats for stacked seeds."""
+class Metrics(Mapping[str, Any]):
+    """One update's metrics: name -> float (list of floats with stacked seeds), copied from the
+    device in one transfer on first access. `tensor` (len(names), *stack) stays on the device."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, names: list[str], tensor: Tensor) -> None:
+        self.names, self.tensor = list(names), tensor
+        self._host: dict[str, Any] | None = None
+
+    def _read(self) -> dict[str, Any]:
+        if self._host is None:
+            self._host = dict(zip(self.names, self.tensor.cpu().tolist(), strict=True))
+        return self._host
+
+    def __getitem__(self, name: str) -> Any:
+        return self._read()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return f"Metrics({self._read()!r})"
+
+
+def stack_metrics(metrics: dict[str, Tensor], stack: tuple[int, ...] = ()) -> tuple[list[str], Tensor]:
+    """Metric names and their values as one float32 tensor (len(names), *stack), on the device."""
     names = list(metrics)
-    values = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32).detach() for k in names])
-    values = values.cpu().tolist()
-    return dict(zip(names, values, strict=True))
+    values = [torch.as_tensor(metrics[k]).detach().to(torch.float32).expand(stack) for k in names]
+    return names, torch.stack(values)
 
 
 def is_finite_metrics(metrics: dict[str, Any]) -> tuple[bool, str | None]:
@@ -217,3 +334,37 @@ def is_finite_metrics(metrics: dict[str, Any]) -> tuple[bool, str | None]:
         if not all(math.isfinite(v) for v in values):
             return False, name
     return True, None
+
+
+# --- stacked agent states <-> lone agent states -----------------------------------------------
+def slice_agent_state(state: Any, index: int) -> Any:
+    """The state a lone agent of stacked seed `index` would have: every tensor with a leading
+    stack dimension (networks, optimiser moments, generator states) indexed; 0-dim tensors (the
+    optimiser's step count) and plain values as they are."""
+    if isinstance(state, Tensor):
+        return state[index].clone() if state.dim() else state.clone()
+    if isinstance(state, dict):
+        return {k: slice_agent_state(v, index) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(slice_agent_state(v, index) for v in state)
+    return state
+
+
+def stack_agent_states(states: Sequence[Any]) -> Any:
+    """The inverse of `slice_agent_state`: lone agents' states (same method and config, at the
+    same step) as the state of one stacked agent."""
+    first = states[0]
+    if isinstance(first, Tensor):
+        if first.dim() == 0:
+            return first.clone()
+        return torch.stack(list(states))
+    if isinstance(first, dict):
+        keys = list(first)
+        if any(list(s) != keys for s in states):
+            raise ValueError("cannot stack agent states with different keys (different methods or steps?)")
+        return {k: stack_agent_states([s[k] for s in states]) for k in keys}
+    if isinstance(first, (list, tuple)):
+        if any(len(s) != len(first) for s in states):
+            raise ValueError("cannot stack agent states of different lengths")
+        return type(first)(stack_agent_states([s[i] for s in states]) for i in range(len(first)))
+    return first

@@ -3,25 +3,28 @@ parts of adjoint matching: the memoryless SDE forward pass and the lean adjoint 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from algorithms.base import AnyGenerator, rand, randn
 from algorithms.nets import VelocityField
 
 
 def flow_matching_loss(
-    velocity: VelocityField, obs: Tensor, x1: Tensor, valid_last: Tensor, generator: torch.Generator
+    velocity: VelocityField, obs: Tensor, x1: Tensor, valid_last: Tensor, generator: AnyGenerator
 ) -> Tensor:
     """Behaviour cloning on the linear path x_t = (1 - t) x_0 + t x_1.
 
     Squared error of v(s, x_t, t) against x_1 - x_0, averaged over action dims, times `valid`
     of the last chunk step, averaged over the batch (divided by B, not by the sum of valid).
-    Shapes: obs (*S, B, obs), x1 (*S, B, D), valid_last (*S, B) -> loss (*S,)."""
-    x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-    t = torch.rand((*x1.shape[:-1], 1), generator=generator, device=x1.device)
+    Shapes: obs (*S, B, obs), x1 (*S, B, D), valid_last (*S, B) -> loss (*S,). With stacked
+    seeds `generator` is their GeneratorStack."""
+    x0 = randn(x1.shape, generator, x1.device)
+    t = rand((*x1.shape[:-1], 1), generator, x1.device)
     x_t = (1 - t) * x0 + t * x1
     error = (velocity(obs, x_t, t) - (x1 - x0)).pow(2).mean(-1)
     return (error * valid_last).mean(-1)
@@ -92,12 +95,18 @@ def lean_adjoint(base: Velocity, states: Sequence[Tensor], terminal: Tensor, ste
     return adjoints[::-1]
 
 
+@functools.lru_cache(maxsize=16)
+def _sigma_tensor(steps: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """memoryless_sigmas as an (N, 1, 1) tensor, made once per device (building it from a list
+    every update would copy from the host, a synchronisation on a GPU)."""
+    return torch.tensor(memoryless_sigmas(steps), dtype=dtype, device=device).reshape(steps, 1, 1)
+
+
 def adjoint_matching_loss(
     fine_velocity: Tensor, base_velocity: Tensor, adjoints: Tensor, steps: int
 ) -> Tensor:
     """sum_k || (2 / sigma_k) (v_f(x_k, t_k) - v_b(x_k, t_k)) + sigma_k abar_k ||^2 over the N steps
     and the action dims. Inputs (*S, N, B, D) with the step axis third from the end -> (*S, B)."""
-    sigmas = torch.tensor(memoryless_sigmas(steps), dtype=adjoints.dtype, device=adjoints.device)
-    sigmas = sigmas.reshape(steps, 1, 1)
+    sigmas = _sigma_tensor(steps, adjoints.dtype, adjoints.device)
     residual = (2 / sigmas) * (fine_velocity - base_velocity) + sigmas * adjoints
     return residual.pow(2).sum((-3, -1))

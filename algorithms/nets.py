@@ -35,6 +35,8 @@ class StackedLinear(nn.Module):
         weight, bias = (self.weight.detach(), self.bias.detach()) if frozen else (self.weight, self.bias)
         if not self.stack:
             return torch.addmm(bias[0], x, weight) if x.dim() == 2 else torch.matmul(x, weight) + bias[0]
+        if x.dim() == 3 and x.shape[:-2] == weight.shape[:-2]:  # one stack dim, no broadcast: bias add fused
+            return torch.baddbmm(bias, x, weight)
         return torch.matmul(x, weight) + bias
 
 
@@ -54,7 +56,8 @@ class StackedLayerNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """Linear -> GELU -> [LayerNorm] hidden layers and a linear output layer.
+    """Linear -> GELU -> [LayerNorm] hidden layers and a linear output layer; with `norm_first`
+    (and `layer_norm`) the hidden layers are Linear -> LayerNorm -> GELU instead.
 
     Input (*stack, B, in) -> (*stack, B, out). Batch dims beyond one are flattened and
     restored, so (*stack, B1, B2, in) works too."""
@@ -68,6 +71,7 @@ class MLP(nn.Module):
         stack: Sequence[int] = (),
         layer_norm: bool = False,
         activate_final: bool = False,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
         self.stack = tuple(stack)
@@ -77,6 +81,7 @@ class MLP(nn.Module):
         self.norms = nn.ModuleList(StackedLayerNorm(d, self.stack) for d in dims[1 : 1 + n_norms])
         self.layer_norm = layer_norm
         self.activate_final = activate_final
+        self.norm_first = norm_first
 
     def forward(self, x: Tensor, frozen: bool = False) -> Tensor:
         n_stack = len(self.stack)
@@ -88,8 +93,10 @@ class MLP(nn.Module):
         for i, linear in enumerate(self.linears):
             x = linear(x, frozen)
             if i < last or self.activate_final:
+                if self.layer_norm and self.norm_first:
+                    x = self.norms[i](x, frozen)
                 x = F.gelu(x, approximate="tanh")
-                if self.layer_norm:
+                if self.layer_norm and not self.norm_first:
                     x = self.norms[i](x, frozen)
         return x.reshape(*x.shape[:n_stack], *batch_shape, x.shape[-1]) if flatten else x
 
@@ -165,21 +172,14 @@ class NormFirstMLP(MLP):
         activate_final: bool = False,
     ) -> None:
         super().__init__(
-            in_dim, out_dim, hidden_dims, stack=stack, layer_norm=True, activate_final=activate_final
+            in_dim,
+            out_dim,
+            hidden_dims,
+            stack=stack,
+            layer_norm=True,
+            activate_final=activate_final,
+            norm_first=True,
         )
-
-    def forward(self, x: Tensor, frozen: bool = False) -> Tensor:
-        n_stack = len(self.stack)
-        batch_shape = x.shape[n_stack:-1]
-        flatten = len(batch_shape) != 1
-        if flatten:
-            x = x.reshape(*x.shape[:n_stack], -1, x.shape[-1])
-        last = len(self.linears) - 1
-        for i, linear in enumerate(self.linears):
-            x = linear(x, frozen)
-            if i < last or self.activate_final:
-                x = F.gelu(self.norms[i](x, frozen), approximate="tanh")
-        return x.reshape(*x.shape[:n_stack], *batch_shape, x.shape[-1]) if flatten else x
 
 
 class EmbeddedTimeVelocityField(nn.Module):

@@ -189,7 +189,10 @@ class QAM(Agent):
 
         # 1. Forward: the memoryless SDE of v_f, last step with v_b'; no gradient.
         x0 = self.randn(*obs.shape[:-1], chunk_dim)
-        eps = self.randn(steps - 1, *obs.shape[:-1], chunk_dim)
+        # (N - 1, *S, B, D), drawn stack-first so that every stacked seed draws from its own generator
+        n_stack = len(self.stack)
+        eps = self.randn(*obs.shape[:n_stack], steps - 1, *obs.shape[n_stack:-1], chunk_dim)
+        eps = eps.movedim(n_stack, 0)
         with torch.no_grad():
             states = memoryless_sde(fine, base, x0, eps, steps)
         # 2. Terminal adjoint from the target critic's mean, at the clipped action.

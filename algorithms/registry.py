@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from algorithms.base import Agent, EnvSpec
+from algorithms.base import Agent, EnvSpec, stack_agent_states
 
 ENTRY_POINT_GROUP = "flowarena.algorithms"
 _BUILDING_BLOCKS = {"base", "registry", "nets", "flow", "critic"}
@@ -150,17 +150,32 @@ def create(
     config: Any = None,
     *,
     device: str | torch.device = "cpu",
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
+    state: dict[str, Any] | None = None,
 ) -> Agent:
     """Build an agent with its network initialisation seeded by `seed`, leaving the global RNG
-    as it was."""
+    as it was. With a list of seeds the agent holds them stacked, slice k initialised exactly as
+    a lone agent of seed k (networks, targets and generators). `state` (an agent state_dict, e.g.
+    from `stack_agent_states`) is loaded instead of that initialisation."""
     m = get(method) if isinstance(method, str) else method
     config = m.default_config() if config is None else config
-    first_seed = seed if isinstance(seed, int) else seed[0]
+    if not isinstance(seed, int):
+        seed = [int(s) for s in seed]
+        if not seed or len(set(seed)) != len(seed):
+            raise RegistryError(f"stacked seeds must be distinct and at least one, got {seed}")
+        if not m.cls.supports_seed_stack:
+            raise RegistryError(f"{m.name} does not support stacked seeds; run its seeds one at a time")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(first_seed)
-        agent = m.cls(spec, config, device=device, seed=seed)
-    return agent.to(device)
+        torch.manual_seed(seed if isinstance(seed, int) else seed[0])
+        agent = m.cls(spec, config, device=device, seed=seed).to(device)
+    if state is None and not isinstance(seed, int):
+        # lone agents on the same device: their generator states fit the stack's generators
+        state = stack_agent_states(
+            [create(m, spec, config, device=device, seed=s).state_dict() for s in seed]
+        )
+    if state is not None:
+        agent.load_state_dict(state)
+    return agent
 
 
 def coerce(value: Any, annotation: Any, key: str) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import analysis.cli
 import suites.cli
-from harness import sweep
+from harness import bench, sweep
 from harness.errors import UserError
 
 DEMO_TASK = "cube-double-play-singletask-task1-v0"
@@ -72,6 +72,12 @@ def add_budget_flags(parser: argparse.ArgumentParser) -> None:
         "--eval-interval", type=int, help="evaluate every N steps (and at the end of each phase)"
     )
     group.add_argument("--eval-episodes", type=int, help="episodes per evaluation")
+    group.add_argument(
+        "--eval-envs",
+        type=int,
+        help="environments evaluating in lockstep, one batched policy call per chunk for all "
+        "(default 10, at most --eval-episodes; part of the run's identity: it decides each episode's noise)",
+    )
     group.add_argument("--log-interval", type=int, help="training metrics every N steps (default 5000)")
     group.add_argument(
         "--checkpoint-interval", type=int, help="checkpoint every N steps (default: eval interval)"
@@ -92,16 +98,20 @@ def budget_from_args(args: argparse.Namespace, suite_budgets: dict[str, int]):
             values[name] = getattr(args, name)
     values["log_interval"] = args.log_interval or min(defaults.log_interval, values["eval_interval"])
     values["checkpoint_interval"] = args.checkpoint_interval or values["eval_interval"]
-    for name in ("online_warmup_steps", "utd_ratio"):
+    for name in ("online_warmup_steps", "utd_ratio", "eval_envs"):
         given = getattr(args, name, None)
         values[name] = suite_budgets.get(name, getattr(defaults, name)) if given is None else given
     return Budget(**values)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.train import RunSpec, run
+    import dataclasses
+
+    from harness.train import RunSpec, run, run_group
 
     suite = suites.get_suite(args.suite)
+    if args.eval_workers is not None and args.eval_workers < 0:
+        raise UserError(f"--eval-workers must be an integer >= 0, got {args.eval_workers}")
     spec = RunSpec(
         method=args.method,
         task=args.task,
@@ -114,16 +124,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         budget=budget_from_args(args, suite.budgets),
         device=args.device,
         eval_params=parse_eval_grid(args.eval_param),
+        eval_workers=args.eval_workers or 0,
     )
-    state = run(spec, progress=not args.no_progress)
-    return 0 if state == "done" else 1
+    if args.seeds is None:
+        return 0 if run(spec, progress=not args.no_progress) == "done" else 1
+    seeds = sweep.parse_seeds(args.seeds)
+    states = run_group(
+        [dataclasses.replace(spec, seed=seed) for seed in seeds], progress=not args.no_progress
+    )
+    return 0 if all(state == "done" for state in states.values()) else 1
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train and evaluate one (method, task, seed); resumes when run again")
     p.add_argument("--method", required=True, help="registry name (see `flowarena methods`)")
     p.add_argument("--task", required=True, help="e.g. cube-double-play-singletask-task1-v0")
-    p.add_argument("--seed", type=int, default=0)
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument(
+        "--seeds",
+        metavar="LIST",
+        help="train these seeds together in this process, stacked: one batched update for all "
+        "(e.g. 0,1,2,3 or 0-3 or a count 4); each seed gets its own run directory and records",
+    )
     p.add_argument("--dataset-dir", help="directory holding the OGBench .npz files (default ~/.ogbench/data)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument(
@@ -135,6 +158,12 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--suite", default="ogbench", help="suite giving task settings and hyperparameters")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--eval-workers",
+        type=int,
+        help="worker processes stepping the evaluation environments (default 0: this process; "
+        "the numbers do not depend on it)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_budget_flags(p)
     p.set_defaults(func=cmd_run)
@@ -289,9 +318,10 @@ def demo_table(sweep_dir: Path) -> str:
         **{"return": last["return"].round(1)},
     )
     columns = ["variant", "task", "seed", "step", "success", "return", "episode_length", "updates_per_s"]
-    return "success in percent over the evaluation episodes; updates/s include evaluation time\n" + last[
-        columns
-    ].sort_values("variant").to_string(index=False)
+    return (
+        "success: percent of evaluation episodes solved; updates_per_s: training steps per second of wall time\n"
+        + last[columns].sort_values("variant").to_string(index=False)
+    )
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -327,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     suites.cli.register(sub)
     sweep.register(sub)
     analysis.cli.register(sub)
+    bench.register(sub)
     return parser
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from harness.errors import UserError
+from harness.progress import progress_bar
 
 SUPPORTED_DOMAINS = ("cube", "scene", "puzzle")
 
@@ -173,7 +174,7 @@ def generate(
     np.random.seed(seed)  # the oracles' plan noise uses numpy's global generator
     collected = []
     total = (episodes + n_val) * (episode_length + 1)
-    with tqdm(total=total, desc=f"datagen {name}", unit="step", disable=not progress) as bar:
+    with progress_bar(total=total, desc=f"datagen {name}", unit="step", enabled=progress) as bar:
         for index in range(episodes + n_val):
             reset_seed = seed if index == 0 else None
             while True:

@@ -79,6 +79,15 @@ def run_payload(run: Any) -> dict[str, Any]:
     return {"run_dir": str(run.run_dir), "label": run.label, "spec": dataclasses.asdict(run.spec)}
 
 
+def unit_payload(runs: list[Any]) -> dict[str, Any]:
+    """What a job needs of the runs one process trains: one run, or seeds of one (variant, task)
+    stacked (harness.train.run_group). The first run's directory holds the process's log."""
+    label = runs[0].label
+    if len(runs) > 1:
+        label = f"{runs[0].variant} {runs[0].task} seeds {','.join(str(run.seed) for run in runs)}"
+    return {"run_dir": str(runs[0].run_dir), "label": label, "runs": [run_payload(run) for run in runs]}
+
+
 def read_state(run_dir: str | Path) -> str:
     path = Path(run_dir) / "status.json"
     try:
@@ -88,35 +97,38 @@ def read_state(run_dir: str | Path) -> str:
 
 
 class PackJob(submitit.helpers.Checkpointable):
-    """One job: its runs in parallel child processes. `threads`: torch threads per run;
-    `runs_per_gpu`: child i uses the job's GPU i // runs_per_gpu."""
+    """One job: its units (unit_payload: one run, or stacked seeds) in parallel child processes.
+    `threads`: torch threads per child; `runs_per_gpu`: child i uses the job's GPU i // runs_per_gpu."""
 
     def __init__(self, threads: int | None = None, runs_per_gpu: int = 1) -> None:
         self.threads = threads
         self.runs_per_gpu = runs_per_gpu
         self._children: dict[str, subprocess.Popen] = {}
 
-    def __call__(self, runs: list[dict[str, Any]]) -> dict[str, str]:
+    def __call__(self, units: list[dict[str, Any]]) -> dict[str, str]:
         outcomes: dict[str, str] = {}
         try:
-            for index, run in enumerate(runs):
-                state = read_state(run["run_dir"])
-                if state in records.FINAL_STATES:
-                    outcomes[run["run_dir"]] = state
+            for index, unit in enumerate(units):
+                states = {run["run_dir"]: read_state(run["run_dir"]) for run in unit["runs"]}
+                if all(state in records.FINAL_STATES for state in states.values()):
+                    outcomes.update(states)
                 else:
-                    self._children[run["run_dir"]] = self._start(run, index)
+                    self._children[unit["run_dir"]] = self._start(unit, index)
             while any(child.poll() is None for child in self._children.values()):
                 time.sleep(CHILD_POLL_S)
         finally:
             self.stop_children(wait_s=0)  # only does something when leaving on an exception
-        for run_dir, child in self._children.items():
-            outcomes[run_dir] = OUTCOMES.get(child.returncode, f"exit code {child.returncode}")
+        for unit in units:
+            child = self._children.get(unit["run_dir"])
+            if child is not None:
+                outcome = OUTCOMES.get(child.returncode, f"exit code {child.returncode}")
+                outcomes.update({run["run_dir"]: outcome for run in unit["runs"]})
         return outcomes
 
-    def checkpoint(self, runs: list[dict[str, Any]]) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, units: list[dict[str, Any]]) -> submitit.helpers.DelayedSubmission:
         """Preemption or time limit (in submitit's USR2 handler): let the runs save, then requeue."""
         self.stop_children(wait_s=STOP_WAIT_S)
-        return submitit.helpers.DelayedSubmission(PackJob(self.threads, self.runs_per_gpu), runs)
+        return submitit.helpers.DelayedSubmission(PackJob(self.threads, self.runs_per_gpu), units)
 
     def stop_children(self, *, wait_s: float) -> None:
         alive = [child for child in self._children.values() if child.poll() is None]
@@ -127,16 +139,24 @@ class PackJob(submitit.helpers.Checkpointable):
         while any(child.poll() is None for child in alive) and time.monotonic() < deadline:
             time.sleep(0.2)
 
-    def _start(self, run: dict[str, Any], index: int) -> subprocess.Popen:
-        run_dir = Path(run["run_dir"])
+    def _start(self, unit: dict[str, Any], index: int) -> subprocess.Popen:
+        run_dir = Path(unit["run_dir"])
+        for run in unit["runs"][1:]:  # stacked seeds: the first seed's run.log holds the output
+            other = Path(run["run_dir"])
+            other.mkdir(parents=True, exist_ok=True)
+            with (other / LOG_NAME).open("a") as log:
+                log.write(
+                    _attempt_header(run["label"]) + f"trained stacked with {unit['label']}; "
+                    f"output in {run_dir / LOG_NAME}\n"
+                )
         run_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         if self.threads:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         env.update(self._gpu_env(index))
-        payload = json.dumps({**run, "threads": self.threads})
+        payload = json.dumps({**unit, "threads": self.threads})
         with (run_dir / LOG_NAME).open("a") as log:
-            log.write(_attempt_header(run["label"]))
+            log.write(_attempt_header(unit["label"]))
             log.flush()
             return subprocess.Popen(
                 [sys.executable, "-m", "harness.launch", payload],
@@ -165,7 +185,8 @@ def _attempt_header(label: str) -> str:
 
 # --- the child process: one run ----------------------------------------------------------------
 def child_main(payload_json: str) -> int:
-    """Train one run (called as `python -m harness.launch RUN_JSON`); the exit code names the outcome."""
+    """Train one unit: a run, or stacked seeds (called as `python -m harness.launch UNIT_JSON`);
+    the exit code names the outcome."""
     payload = json.loads(payload_json)
     stop_early = threading.Event()
     for sig in STOP_SIGNALS:  # until training can be asked to stop, remember the request
@@ -176,16 +197,18 @@ def child_main(payload_json: str) -> int:
     quiet_library_warnings()
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: train.request_stop())
-    run_dir = Path(payload["run_dir"])
-    with run_lock(run_dir) as locked:
-        if not locked:
-            print(f"another process holds {run_dir / LOCK_NAME}; leaving this run to it", flush=True)
-            return EXIT_LOCKED
+    run_dirs = [Path(run["run_dir"]) for run in payload["runs"]]
+    with contextlib.ExitStack() as stack:
+        for run_dir in run_dirs:  # every seed's lock, or none of the unit is trained here
+            if not stack.enter_context(run_lock(run_dir)):
+                print(f"another process holds {run_dir / LOCK_NAME}; leaving this run to it", flush=True)
+                return EXIT_LOCKED
         if stop_early.is_set():
             print("stopped before training started", flush=True)
             return EXIT_PREEMPTED
-        with heartbeat(run_dir):
-            return _train(train, payload)
+        for run_dir in run_dirs:
+            stack.enter_context(heartbeat(run_dir))
+        return _train(train, payload)
 
 
 def _train(train: Any, payload: dict[str, Any]) -> int:
@@ -193,23 +216,37 @@ def _train(train: Any, payload: dict[str, Any]) -> int:
         import torch
 
         torch.set_num_threads(payload["threads"])
-    spec_fields = dict(payload["spec"])
-    spec = train.RunSpec(**{**spec_fields, "budget": train.Budget(**spec_fields["budget"])})
-    run_dir = records.RunDir(payload["run_dir"])
+    specs = []
+    for run in payload["runs"]:
+        fields = dict(run["spec"])
+        specs.append(train.RunSpec(**{**fields, "budget": train.Budget(**fields["budget"])}))
+    run_dirs = [records.RunDir(run["run_dir"]) for run in payload["runs"]]
     try:
-        state = train.run(spec, progress=True)
+        if len(specs) == 1:
+            state = train.run(specs[0], progress=True)
+        else:
+            state = unit_state(list(train.run_group(specs, progress=True).values()))
     except UserError as error:
-        _mark_failed(run_dir, error)
+        for run_dir in run_dirs:
+            _mark_failed(run_dir, error)
         print(f"flowarena: error: {error}", flush=True)
         return EXIT_USER_ERROR
     except Exception as error:
-        _mark_failed(run_dir, error)
+        for run_dir in run_dirs:
+            _mark_failed(run_dir, error)
         traceback.print_exc()
         return EXIT_FAILED
     codes = {"done": EXIT_DONE, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}
     if state not in codes:
         print(f"train.run returned an unknown state {state!r}", flush=True)
     return codes.get(state, EXIT_FAILED)
+
+
+def unit_state(states: list[str]) -> str:
+    """One state for stacked seeds: preempted if any was, done if all are, else diverged."""
+    if "preempted" in states:
+        return "preempted"
+    return "done" if all(state == "done" for state in states) else "diverged"
 
 
 def _mark_failed(run_dir: records.RunDir, error: BaseException) -> None:
@@ -276,8 +313,8 @@ class LocalLauncher:
         self.queue: deque[list[dict[str, Any]]] = deque()
         self.active: list[submitit.Job] = []
 
-    def start(self, packs: list[list[Any]]) -> None:
-        self.queue = deque([run_payload(run) for run in pack] for pack in packs)
+    def start(self, packs: list[list[list[Any]]]) -> None:
+        self.queue = deque([unit_payload(unit) for unit in pack] for pack in packs)
         self._fill()
 
     def poll(self) -> bool:
@@ -318,8 +355,8 @@ class SlurmLauncher:
         self.jobs: list[submitit.Job] = []
         self.packs: list[list[dict[str, Any]]] = []
 
-    def start(self, packs: list[list[Any]]) -> None:
-        self.packs = [[run_payload(run) for run in pack] for pack in packs]
+    def start(self, packs: list[list[list[Any]]]) -> None:
+        self.packs = [[unit_payload(unit) for unit in pack] for pack in packs]
         try:
             self.jobs = self.executor.map_array(self.job, self.packs)
         except (
@@ -346,7 +383,11 @@ class SlurmLauncher:
 
     def job_records(self) -> list[dict[str, Any]]:
         return [
-            {"job_id": job.job_id, "runs": [run["label"] for run in pack], "submitted_at": time.time()}
+            {
+                "job_id": job.job_id,
+                "runs": [run["label"] for unit in pack for run in unit["runs"]],
+                "submitted_at": time.time(),
+            }
             for job, pack in zip(self.jobs, self.packs)
         ]
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms.base import Agent
-from harness.data import ReplayBuffer
+from algorithms.base import Agent, GeneratorStack
+from harness.data import BufferMember, ReplayBuffer
 from harness.errors import UserError
 from harness.evaluate import derive_seed
 
@@ -54,7 +54,7 @@ class Explorer:
         self,
         env: Any,
         agent: Agent,
-        buffer: ReplayBuffer,
+        buffer: ReplayBuffer | BufferMember,
         *,
         seed: int,
         sparse: bool,
@@ -82,9 +82,17 @@ class Explorer:
     def step(self) -> None:
         """One environment step (asking the policy for a chunk when the last one is used up);
         `start` or `load_state_dict` comes first."""
-        assert self.observation is not None, "Explorer.step before start() or load_state_dict()"
         if not self.queue:
             self.queue = list(self.act())
+        self.execute()
+
+    @property
+    def needs_chunk(self) -> bool:
+        return not self.queue
+
+    def execute(self) -> None:
+        """One environment step with the next action of the current chunk."""
+        assert self.observation is not None, "Explorer.step before start() or load_state_dict()"
         action = self.queue.pop(0)
         next_observation, reward, terminated, truncated, info = self.env.step(action)
         self.episode_return += float(reward)
@@ -117,6 +125,10 @@ class Explorer:
             agent.act_generator.set_state(saved)
             agent.train()
         return chunk.reshape(agent.spec.horizon, agent.spec.action_dim).cpu().numpy()
+
+    def set_chunk(self, chunk: np.ndarray) -> None:
+        """The chunk (H, action_dim) to execute next, acted elsewhere (ExplorerGroup)."""
+        self.queue = list(chunk)
 
     def finish(self, success: float) -> None:
         length = self.buffer.size - self.episode_start
@@ -172,7 +184,7 @@ class Explorer:
         """Reset with the running episode's seed and execute its recorded actions again."""
         self.observation, _ = self.env.reset(seed=reset_seed(self.seed, self.episode))
         self.episode_start, self.episode_return, self.queue = episode_start, 0.0, []
-        actions = self.buffer.storage["actions"][episode_start : self.buffer.size].cpu().numpy()
+        actions = self.buffer.read("actions", episode_start, self.buffer.size).cpu().numpy()
         for i, action in enumerate(actions):
             self.observation, reward, terminated, truncated, _ = self.env.step(action)
             self.episode_return += float(reward)
@@ -187,3 +199,42 @@ class Explorer:
             f"deterministic across this resume (another machine, or other mujoco/ogbench versions?). "
             f"Resume where the run started, or move the run directory away to start over."
         )
+
+
+class ExplorerGroup:
+    """The explorers of stacked seeds, one per seed, stepping together: the seeds that need a
+    chunk get it from one call of the stacked agent, each drawing from its own exploration
+    generator exactly as a lone Explorer of that seed would (the others' generators are left as
+    they were)."""
+
+    def __init__(self, agent: Agent, explorers: list[Explorer]) -> None:
+        self.agent, self.explorers = agent, explorers
+
+    def step(self) -> None:
+        needing = [i for i, explorer in enumerate(self.explorers) if explorer.needs_chunk]
+        if needing:
+            chunks = self.act(needing)
+            for i in needing:
+                self.explorers[i].set_chunk(chunks[i])
+        for explorer in self.explorers:
+            explorer.execute()
+
+    def act(self, needing: list[int]) -> np.ndarray:
+        """Chunks (S, H, action_dim) for every seed's observation; only those of `needing` count."""
+        agent, generators = self.agent, self.agent.act_generator
+        assert isinstance(generators, GeneratorStack) and len(generators) == len(self.explorers)
+        saved = generators.get_state()
+        for i in needing:
+            generators[i].set_state(self.explorers[i].generator.get_state())
+        obs = np.stack([explorer.observation for explorer in self.explorers])[:, None]
+        agent.eval()
+        try:
+            with torch.no_grad():  # a method that needs gradients to act enables them itself
+                obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=agent.device)
+                chunks = agent.act(obs_tensor, **self.explorers[0].eval_params)
+        finally:
+            for i in needing:
+                self.explorers[i].generator.set_state(generators[i].get_state())
+            generators.set_state(saved)
+            agent.train()
+        return chunks.reshape(len(self.explorers), agent.spec.horizon, agent.spec.action_dim).cpu().numpy()

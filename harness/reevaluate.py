@@ -11,23 +11,25 @@ atomic, so an interrupted re-evaluation keeps what it finished and a rerun fills
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 import suites
 from algorithms import registry
-from algorithms.base import Agent, EnvSpec
+from algorithms.base import Agent
 from harness import records
 from harness.data import make_env
+from harness.envs import make_eval_envs
 from harness.errors import UserError
+from harness.evaluate import default_eval_envs
+from harness.progress import progress_bar
 from harness.train import (
     CHECKPOINT_FORMAT,
     _check_eval_params,
+    env_spec_of,
     eval_rows,
     eval_setting,
     evaluate_grid,
@@ -69,17 +71,21 @@ class LoadedRun:
     elapsed_s: float
     phase: str
     recorded: list[str]  # eval_params labels with rows at `step`
+    slots: dict[int, Any] = field(default_factory=dict)  # evaluation environments by their number
 
     def row_keys(self) -> dict[str, Any]:
         keys = {name: self.spec[name] for name in ("sweep", "method", "variant", "task", "domain", "seed")}
         return {**keys, "phase": self.phase}
 
     def evaluate(self, grid: list[dict[str, float]], episodes: int) -> list[dict[str, Any]]:
-        """evals rows of the checkpoint for every setting of `grid`."""
+        """evals rows of the checkpoint for every setting of `grid`, on as many environments as
+        the run evaluated on (runs from before Budget.eval_envs used one)."""
         seed = self.spec["seed"]
-        results = evaluate_grid(
-            self.agent, [self.env], seed=seed, step=self.step, episodes=episodes, grid=grid
-        )
+        n = default_eval_envs(episodes, self.spec["budget"].get("eval_envs", 1))
+        if n not in self.slots:
+            self.slots[n] = make_eval_envs(self.spec["task"], n, first=self.env)
+        envs = self.slots[n]
+        results = evaluate_grid(self.agent, envs, seed=seed, step=self.step, episodes=episodes, grid=grid)
         return eval_rows(results, self.row_keys(), step=self.step, wall_time_s=self.elapsed_s)
 
 
@@ -103,12 +109,11 @@ def reevaluate(
             report.skipped.append(label)
         else:
             todo[label] = params
-    bar = tqdm(
+    bar = progress_bar(
         total=len(todo) * episodes,
         desc=f"{run.spec['variant']} {run.spec['task']} seed{run.spec['seed']} step {run.step}",
         unit="episode",
-        disable=not progress,
-        file=sys.stderr,
+        enabled=progress,
     )
     with bar:
         for label, params in todo.items():
@@ -166,12 +171,7 @@ def load_run(path: str | Path, grid: list[dict[str, float]], *, device: str = "a
     config = registry.make_config(method, spec["config"])
     task = suites.TaskSettings(**spec["task_settings"])
     env = make_env(task.task)
-    env_spec = EnvSpec(
-        obs_dim=env.observation_space.shape[-1],
-        action_dim=env.action_space.shape[-1],
-        horizon=task.horizon,
-        discount=task.discount,
-    )
+    env_spec = env_spec_of(env, task)
     agent = registry.create(method, env_spec, config, device=torch_device, seed=spec["seed"])
     checkpoint = _load_checkpoint(run_dir.ckpt_path)
     try:

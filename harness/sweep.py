@@ -76,6 +76,7 @@ from typing import Any
 import suites
 from harness import records
 from harness.errors import UserError
+from harness.progress import progress_bar
 
 SWEEP_FILE = "sweep.json"
 LOG_NAME = "run.log"  # every run's stdout and stderr, one block per attempt (harness.launch)
@@ -94,6 +95,7 @@ SPEC_KEYS = (
     "out",
     "dataset_dir",
     "device",
+    "eval_workers",
     "budget",
     "set",
     "grid",
@@ -120,12 +122,15 @@ PRESETS = {
 # --- executor options --------------------------------------------------------------------------
 @dataclass
 class ExecutorOptions:
-    """Where and how runs execute. `local`: at most `jobs` runs at once on this machine. `slurm`: a
-    job array whose jobs each hold `runs_per_gpu` runs per GPU (one GPU per job by default)."""
+    """Where and how runs execute. `local`: at most `jobs` processes at once on this machine.
+    `slurm`: a job array whose jobs each hold `runs_per_gpu` processes per GPU (one GPU per job by
+    default). Every process trains `seeds_per_process` seeds of one (variant, task) stacked, one
+    batched update for all of them (harness.train.run_group); each seed keeps its own records."""
 
     kind: str = "local"
     jobs: int = 1
     runs_per_gpu: int = 1
+    seeds_per_process: int = 1
     gpus: int = 1
     cpus: int | None = None  # per job (default: one per run)
     mem: str | None = None
@@ -140,7 +145,13 @@ class ExecutorOptions:
     def validate(self) -> None:
         if self.kind not in EXECUTORS:
             raise UserError(f"unknown executor {self.kind!r}; use one of: {', '.join(EXECUTORS)}")
-        for name, minimum in (("jobs", 1), ("runs_per_gpu", 1), ("gpus", 0), ("max_requeues", 0)):
+        for name, minimum in (
+            ("jobs", 1),
+            ("runs_per_gpu", 1),
+            ("seeds_per_process", 1),
+            ("gpus", 0),
+            ("max_requeues", 0),
+        ):
             _check_int(getattr(self, name), minimum, name)
         for name in ("cpus", "array_parallelism"):
             if getattr(self, name) is not None:
@@ -230,6 +241,7 @@ class SweepSpec:
     dataset_dir: str | None = None
     device: str = "auto"
     preset: str | None = None
+    eval_workers: int = 0  # worker processes stepping each run's evaluation environments
     executor: ExecutorOptions = field(default_factory=ExecutorOptions)
 
     @property
@@ -376,6 +388,7 @@ def spec_from_toml(path: Path) -> SweepSpec:
         out=data.get("out", "results"),
         dataset_dir=data.get("dataset_dir"),
         device=data.get("device", "auto"),
+        eval_workers=data.get("eval_workers", 0),
         preset=data.get("preset"),
         executor=ExecutorOptions(**executor),
     )
@@ -384,7 +397,7 @@ def spec_from_toml(path: Path) -> SweepSpec:
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     """The TOML spec (if given) with the flags on top; validated, but no method or task resolved yet."""
     spec = spec_from_toml(Path(args.spec)) if args.spec else SweepSpec(name="", methods=[])
-    for name in ("name", "suite", "out", "dataset_dir", "device", "preset"):
+    for name in ("name", "suite", "out", "dataset_dir", "device", "preset", "eval_workers"):
         if getattr(args, name) is not None:
             setattr(spec, name, getattr(args, name))
     if args.methods is not None:
@@ -446,6 +459,8 @@ def validate_spec(spec: SweepSpec) -> None:
     if not spec.methods:
         raise UserError("no methods: give --methods (e.g. qam,fbrac) or --preset adjoint-vs-bptt")
     spec.executor.validate()
+    if not isinstance(spec.eval_workers, int) or isinstance(spec.eval_workers, bool) or spec.eval_workers < 0:
+        raise UserError(f"--eval-workers must be an integer >= 0, got {spec.eval_workers!r}")
     for method, keys in spec.overrides.items():
         both = [k for k in keys if k in spec.grid.get(method, {})]
         if both:
@@ -488,9 +503,19 @@ class Plan:
     def todo(self) -> list[PlannedRun]:
         return [run for run in self.runs if run.state not in records.FINAL_STATES]
 
-    def packs(self) -> list[list[PlannedRun]]:
-        todo, size = self.todo, self.spec.executor.runs_per_job
-        return [todo[i : i + size] for i in range(0, len(todo), size)]
+    def units(self) -> list[list[PlannedRun]]:
+        """The unfinished runs by process: up to `seeds_per_process` seeds of one (variant, task),
+        in seed order, stacked in one process."""
+        groups: dict[tuple[str, str], list[PlannedRun]] = {}
+        for run in self.todo:
+            groups.setdefault((run.variant, run.task), []).append(run)
+        size = self.spec.executor.seeds_per_process
+        return [runs[i : i + size] for runs in groups.values() for i in range(0, len(runs), size)]
+
+    def packs(self) -> list[list[list[PlannedRun]]]:
+        """The processes by job: `runs_per_job` processes each."""
+        units, size = self.units(), self.spec.executor.runs_per_job
+        return [units[i : i + size] for i in range(0, len(units), size)]
 
 
 def make_plan(spec: SweepSpec) -> Plan:
@@ -604,6 +629,7 @@ def _task_runs(
         dataset_dir=str(Path(spec.dataset_dir).resolve()) if spec.dataset_dir else None,
         budget=budget,
         device=spec.device,
+        eval_workers=spec.eval_workers,
         eval_params=method_eval_params(spec, method),
         variant_keys=sorted(overrides),  # one variant name on every task, even where a value is the suite's
     )
@@ -624,14 +650,16 @@ def _task_runs(
 
 
 def _check_identity(run_dir: records.RunDir, wanted: dict[str, Any]) -> None:
-    from harness.train import IDENTITY_KEYS
+    from harness.train import IDENTITY_KEYS, identity_difference
 
     saved = run_dir.read_spec()
-    differing = [k for k in IDENTITY_KEYS if saved.get(k) != json.loads(json.dumps(wanted.get(k)))]
+    wanted = json.loads(json.dumps({k: wanted.get(k) for k in IDENTITY_KEYS}))
+    differing = [k for k in IDENTITY_KEYS if saved.get(k) != wanted.get(k)]
     if differing:
         raise UserError(
-            f"{run_dir.path} holds a run with a different {', '.join(differing)}; rerun the sweep with its "
-            f"original settings, give another --name or --out, or move that directory away"
+            f"{run_dir.path} holds a run with a different {identity_difference(saved, wanted, differing)}; "
+            f"rerun the sweep with its original settings, give another --name or --out, or move that "
+            f"directory away"
         )
 
 
@@ -689,13 +717,17 @@ def _variant_table(plan: Plan) -> str:
 
 def _jobs_line(plan: Plan) -> str:
     executor, todo = plan.spec.executor, plan.todo
+    stacked = ""
+    if executor.seeds_per_process > 1:
+        stacked = f"; {len(todo)} run(s) in {len(plan.units())} process(es) of up to {executor.seeds_per_process} stacked seeds"
     if executor.kind == "local":
-        return f"jobs: {len(todo)} local run(s), at most {executor.jobs} at once"
+        return f"jobs: {len(todo)} local run(s), at most {executor.jobs} at once{stacked}"
     packs = plan.packs()
+    unit = "run(s)" if executor.seeds_per_process == 1 else "process(es)"
     return (
-        f"jobs: {len(packs)} Slurm array job(s) of up to {executor.runs_per_job} run(s) "
+        f"jobs: {len(packs)} Slurm array job(s) of up to {executor.runs_per_job} {unit} "
         f"({executor.runs_per_gpu} per GPU, {executor.gpus} GPU(s), {executor.cpus_per_job} CPU(s), "
-        f"time {executor.time}, partition {executor.partition or 'default'})"
+        f"time {executor.time}, partition {executor.partition or 'default'}){stacked}"
     )
 
 
@@ -999,16 +1031,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def follow(launcher: Any, runs: list[PlannedRun], *, poll_s: float, progress: bool) -> None:
     """Poll the runs' status files until every job has ended (jobs whose runs have all finished get
     LINGER_S to leave the queue)."""
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=len(runs),
-        desc="runs finished",
-        unit="run",
-        disable=not progress,
-        file=sys.stderr,
-        mininterval=1.0 if sys.stderr.isatty() else 60.0,
-    )
+    bar = progress_bar(total=len(runs), desc="runs finished", unit="run", enabled=progress)
     finished_at: float | None = None
     with bar:
         while True:
@@ -1087,6 +1110,12 @@ def _add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="results root (default results/)")
     p.add_argument("--dataset-dir", help="directory holding the OGBench .npz files")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--eval-workers",
+        type=int,
+        metavar="N",
+        help="worker processes stepping each run's evaluation environments",
+    )
     from harness.cli import add_budget_flags  # harness.cli is loaded: it calls register()
 
     add_budget_flags(p)
@@ -1103,7 +1132,16 @@ def _add_executor_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("executor")
     group.add_argument("--executor", help="local (default) or slurm")
     group.add_argument("--jobs", type=int, metavar="N", help="local: runs at once (default 1)")
-    group.add_argument("--runs-per-gpu", type=int, metavar="K", help="slurm: runs packed per GPU (default 1)")
+    group.add_argument(
+        "--runs-per-gpu", type=int, metavar="K", help="slurm: processes packed per GPU (default 1)"
+    )
+    group.add_argument(
+        "--seeds-per-process",
+        type=int,
+        metavar="S",
+        help="seeds of one variant and task trained stacked in one process, one batched update for "
+        "all (default 1); each seed keeps its own records",
+    )
     group.add_argument(
         "--gpus", type=int, metavar="N", help="slurm: GPUs per job (default 1; 0 for CPU jobs)"
     )

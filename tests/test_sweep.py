@@ -314,3 +314,17 @@ def test_packed_runs_are_spread_over_the_jobs_gpus(monkeypatch):
     assert [job._gpu_env(i) for i in range(4)] == [{"CUDA_VISIBLE_DEVICES": d} for d in "2255"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert job._gpu_env(3) == {}  # one GPU: every run shares it
+
+
+def test_seeds_per_process_packs_seeds_of_one_variant_and_task(tmp_path):
+    plan = plan_of(
+        "--name", "stacked", "--suite", "smoke", "--methods", "qam,fql", "--tasks", CUBE, "--seeds", "3",
+        "--seeds-per-process", "2", "--executor", "slurm", "--runs-per-gpu", "3", "--out", str(tmp_path),
+    )  # fmt: skip
+    units = [[(run.variant, run.seed) for run in unit] for unit in plan.units()]
+    assert units == [[("qam", 0), ("qam", 1)], [("qam", 2)], [("fql", 0), ("fql", 1)], [("fql", 2)]]
+    assert [len(pack) for pack in plan.packs()] == [3, 1]  # processes per job
+    text = sweep.describe_plan(plan)
+    assert "of up to 3 process(es)" in text and "6 run(s) in 4 process(es)" in text
+    with pytest.raises(UserError, match="--seeds-per-process must be an integer >= 1"):
+        plan_of("--name", "bad", "--suite", "smoke", "--methods", "qam", "--seeds-per-process", "0")
