@@ -318,10 +318,31 @@ def demo_table(sweep_dir: Path) -> str:
         **{"return": last["return"].round(1)},
     )
     columns = ["variant", "task", "seed", "step", "success", "return", "episode_length", "updates_per_s"]
-    return (
-        "success: percent of evaluation episodes solved; updates_per_s: training steps per second of wall time\n"
-        + last[columns].sort_values("variant").to_string(index=False)
+    return "\n".join(
+        [
+            "success: percent of evaluation episodes solved; updates_per_s: training steps per second of wall time",
+            last[columns].sort_values("variant").to_string(index=False),
+            *same_config_notes(sweep_dir),
+        ]
     )
+
+
+def same_config_notes(sweep_dir: Path) -> list[str]:
+    """A line for every set of variants that trained one task with the same class and config (a
+    preset whose switch the suite's per-domain table turns off there), which explains equal rows."""
+    from algorithms import registry
+
+    groups: dict[str, list[str]] = {}
+    for path in sorted(sweep_dir.glob("*/*/seed*/spec.json")):
+        spec = json.loads(path.read_text())
+        agent_class = registry.get(spec["method"]).cls.__qualname__
+        key = json.dumps([spec["task"], spec["seed"], agent_class, spec["config"]], sort_keys=True)
+        groups.setdefault(key, []).append(spec["variant"])
+    return [
+        f"{', '.join(variants)}: same config on {json.loads(key)[0]}, from the suite's per-domain table"
+        for key, variants in groups.items()
+        if len(variants) > 1
+    ]
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:

@@ -142,3 +142,21 @@ def test_datagen_command_is_deterministic_and_ogbench_readable(tmp_path):
         main(["datagen", "--env", "antmaze-large-navigate-v0", "--episodes", "1", "--out", str(tmp_path)])
         == 2
     )
+
+
+def test_demo_names_variants_that_share_a_config(tmp_path):
+    from harness.cli import same_config_notes
+
+    def write(variant: str, method: str, config: dict) -> None:
+        run_dir = tmp_path / variant / TASK / "seed0"
+        run_dir.mkdir(parents=True)
+        spec = {"variant": variant, "method": method, "task": TASK, "seed": 0, "config": config}
+        (run_dir / "spec.json").write_text(json.dumps(spec))
+
+    write("qam", "qam", {"inv_temp": 1.0, "fql_alpha": 0.0})
+    write("qam-fql", "qam-fql", {"inv_temp": 1.0, "fql_alpha": 0.0})
+    write("qam-edit", "qam-edit", {"inv_temp": 1.0, "fql_alpha": 0.5})
+    write("fql", "fql", {"inv_temp": 1.0, "fql_alpha": 0.0})  # same values, another class
+    assert same_config_notes(tmp_path) == [
+        f"qam, qam-fql: same config on {TASK}, from the suite's per-domain table"
+    ]
