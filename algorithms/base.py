@@ -21,7 +21,6 @@ the lone agents' states (networks, optimiser, generators).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -325,15 +324,6 @@ def stack_metrics(metrics: dict[str, Tensor], stack: tuple[int, ...] = ()) -> tu
     names = list(metrics)
     values = [torch.as_tensor(metrics[k]).detach().to(torch.float32).expand(stack) for k in names]
     return names, torch.stack(values)
-
-
-def is_finite_metrics(metrics: dict[str, Any]) -> tuple[bool, str | None]:
-    """(True, None) when every metric is finite, else (False, name of the first bad one)."""
-    for name, value in metrics.items():
-        values = value if isinstance(value, list) else [value]
-        if not all(math.isfinite(v) for v in values):
-            return False, name
-    return True, None
 
 
 # --- stacked agent states <-> lone agent states -----------------------------------------------
