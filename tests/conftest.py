@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.cli import main
 from harness.datagen import generate
@@ -52,3 +53,13 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> P
             code = main([*run_args(dataset_dir, out, method=method, seed=seed, steps=40), "--sweep", "tiny"])
             assert code == 0
     return out / "tiny"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks gain nothing from intra-op threads, and on a busy CPU their synchronisation
+    costs up to 30x (QGF's act runs a backward pass per Euler step at batch 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from conftest import TASK, run_args
 
 from harness.cli import main
@@ -19,14 +18,7 @@ RUN_DIR = Path("default/qgf") / TASK / "seed0"
 LABELS = ["guidance_weight=0.004", "guidance_weight=0.01", "guidance_weight=0.04"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a busy CPU their synchronisation
-    costs up to 30x (QGF's act runs a backward pass per Euler step at batch 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,14 @@ from harness.data import ReplayBuffer
 BEST_ACTION = np.array([0.5, -0.3], dtype=np.float32)
 
 
-def bandit_buffer(n: int = 4000, seed: int = 0) -> ReplayBuffer:
-    """One-step episodes with uniform dataset actions and r = -||a - a*||^2, so Q = r."""
+def bandit_buffer(n: int = 4000, seed: int = 0, state: np.ndarray | None = None) -> ReplayBuffer:
+    """One-step episodes with uniform dataset actions and r = -||a - a*||^2, so Q = r; the
+    observations are random, or all `state`."""
     rng = np.random.default_rng(seed)
-    observations = rng.normal(size=(n, 2)).astype(np.float32)
+    if state is None:
+        observations = rng.normal(size=(n, 2)).astype(np.float32)
+    else:
+        observations = np.tile(state, (n, 1))
     actions = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
     data = {
         "observations": observations,

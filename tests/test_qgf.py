@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_fql import bandit_buffer
 
 from algorithms import registry
 from algorithms.base import Batch, EnvSpec
@@ -16,22 +17,13 @@ from algorithms.flow import sample_actions
 from algorithms.nets import EmbeddedTimeVelocityField, NormFirstMLP, VelocityField
 from algorithms.qgf import ESTIMATORS, expectile_loss, guidance_gradient, guided_sample
 from algorithms.registry import RegistryError
-from harness.data import ReplayBuffer
 
 TINY = {"hidden_dims": (64, 64), "batch_size": 32}
 MAXIMISER = torch.tensor([0.6, -0.4])
 STATE = np.array([0.3, -0.7], np.float32)
-BEST_ACTION = np.array([0.5, -0.3], np.float32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a busy CPU their synchronisation
-    costs up to 30x (QGF's act runs a backward pass per Euler step at batch 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CHUNKED = EnvSpec(3, 2, horizon=2)
@@ -39,23 +31,6 @@ CHUNKED = EnvSpec(3, 2, horizon=2)
 
 def tiny_qgf(spec: EnvSpec = CHUNKED, seed=0, **overrides):
     return registry.create("qgf", spec, registry.make_config("qgf", {**TINY, **overrides}), seed=seed)
-
-
-def one_state_bandit(n: int = 2000, seed: int = 0) -> tuple[ReplayBuffer, torch.Tensor]:
-    """One state, uniform dataset actions, r = -||a - a*||^2 and every episode one step long, so
-    Q(s, a) = r. Returns the buffer and the dataset actions."""
-    rng = np.random.default_rng(seed)
-    observations = np.tile(STATE, (n, 1))
-    actions = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
-    data = {
-        "observations": observations,
-        "actions": actions,
-        "rewards": -((actions - BEST_ACTION) ** 2).sum(-1).astype(np.float32),
-        "masks": np.zeros(n, np.float32),
-        "terminals": np.ones(n, np.float32),
-        "next_observations": observations,
-    }
-    return ReplayBuffer(data, horizon=1, discount=0.99, seed=seed), torch.from_numpy(actions)
 
 
 def gaussian_velocity(mean: torch.Tensor, std: float):
@@ -210,7 +185,8 @@ def test_expectile_loss_minimiser_runs_from_the_mean_toward_the_max():
 
 
 def test_value_network_learns_the_expectile_of_q_over_dataset_actions():
-    buffer, dataset_actions = one_state_bandit()
+    buffer = bandit_buffer(2000, state=STATE)
+    dataset_actions = buffer.storage["actions"][: buffer.size]
     obs = torch.from_numpy(STATE)[None]
     values, means = [], []
     for e in (0.5, 0.7, 0.9, 0.99):
@@ -236,7 +212,7 @@ def test_value_network_learns_the_expectile_of_q_over_dataset_actions():
 def test_one_adam_over_the_summed_loss_equals_three_separate_adams():
     """The reference trains Q, V and the flow with three Adams (no clipping); we use one Adam
     over the summed loss. Identical, because no loss reaches another network's parameters."""
-    buffer, _ = one_state_bandit(500)
+    buffer = bandit_buffer(500, state=STATE)
     agent = tiny_qgf(EnvSpec(2, 2, horizon=1), target_tau=0.1)
     for _ in range(3):  # non-trivial Adam moments and targets
         agent.update(buffer.sample(32))
@@ -327,7 +303,7 @@ def test_losses_follow_the_equations():
 
 
 def test_losses_reach_only_their_own_networks_and_targets_do_not_train():
-    buffer, _ = one_state_bandit(200)
+    buffer = bandit_buffer(200, state=STATE)
     agent = tiny_qgf(EnvSpec(2, 2, horizon=1))
     metrics = agent.update(buffer.sample(32))
     assert {"critic_loss", "value_loss", "bc_loss", "q_data", "v_data", "loss"} <= set(metrics)
@@ -350,7 +326,7 @@ def test_act_with_stacked_seeds_in_range_and_under_no_grad():
 
 
 def test_stacked_seeds_update_per_seed():
-    buffer, _ = one_state_bandit(300)
+    buffer = bandit_buffer(300, state=STATE)
     agent = tiny_qgf(EnvSpec(2, 2, horizon=1), seed=[0, 1])
     metrics = agent.update(buffer.sample(32, stack=(2,)))
     assert all(isinstance(v, list) and len(v) == 2 for v in metrics.values())
