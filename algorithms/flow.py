@@ -30,6 +30,21 @@ def flow_matching_loss(
     return (error * valid_last).mean(-1)
 
 
+def grid_flow_matching_loss(
+    velocity: VelocityField, obs: Tensor, x1: Tensor, steps: int, generator: AnyGenerator
+) -> Tensor:
+    """Behaviour cloning on the same linear path with the QGF reference's two choices: t drawn
+    uniformly from the N + 1 grid times {0, 1/N, ..., 1} (both ends included), and a plain mean of
+    the squared error over batch and action dims (no `valid` weight).
+    Shapes: obs (*S, B, obs), x1 (*S, B, D) -> loss (*S,)."""
+    x0 = randn(x1.shape, generator, x1.device)
+    u = rand((*x1.shape[:-1], 1), generator, x1.device)
+    # floor(u (N + 1)) is uniform on {0, ..., N}; the clamp guards u (N + 1) rounding up to N + 1.
+    t = torch.floor(u * (steps + 1)).clamp_(max=steps) / steps
+    x_t = (1 - t) * x0 + t * x1
+    return (velocity(obs, x_t, t) - (x1 - x0)).pow(2).mean((-2, -1))
+
+
 def euler_ode(
     velocity: VelocityField, obs: Tensor, noise: Tensor, steps: int, frozen: bool = False
 ) -> Tensor:

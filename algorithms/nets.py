@@ -8,7 +8,8 @@ with the member dimension broadcast.
 
 Matches the reference implementations: hidden layer = Linear -> GELU(tanh) [-> LayerNorm(eps
 1e-6)], xavier-uniform weights (output layer too), zero biases, members initialised
-independently.
+independently. The QGF pieces at the end (time embedding, NormFirstMLP, EmbeddedTimeVelocityField)
+follow the QGF reference's networks instead, which differ in these details.
 """
 
 from __future__ import annotations
@@ -149,18 +150,22 @@ class TanhGaussian(nn.Module):
 
 
 def sinusoidal_time_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Fixed sinusoidal features of flow times: (..., 1) -> (..., dim) = [cos(t f_i), sin(t f_i)]
-    with f_i = max_period^(-i / (dim/2 - 1)), i = 0 .. dim/2 - 1 (the transformer / jaxrl5
-    FourierFeatures form without learned frequencies). `dim` must be even and at least 4."""
+    """Fixed sinusoidal features of flow times, as the QGF reference computes them:
+    (..., 1) -> (..., dim) = [cos(t' f_0), ..., cos(t' f_{h-1}), sin(t' f_0), ..., sin(t' f_{h-1})]
+    with t' = max_period * t, f_i = max_period^(-i / h), h = dim / 2. For t in [0, 1] and the
+    default period the angular frequencies per unit t run from 10000 down to 10000^(1/h) (about
+    3.2 for dim 16), so the features change over the flow's time range. `dim` must be even."""
     half = dim // 2
-    exponents = torch.arange(half, device=t.device, dtype=t.dtype) / (half - 1)
-    angles = t * max_period ** (-exponents)
+    frequencies = max_period ** (-torch.arange(half, device=t.device, dtype=t.dtype) / half)
+    angles = (max_period * t) * frequencies
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
 class NormFirstMLP(MLP):
     """An MLP whose hidden layers are Linear -> LayerNorm -> GELU (normalise before the
-    activation); same parameters as MLP(..., layer_norm=True)."""
+    activation), the QGF reference's layout; same parameters as MLP(..., layer_norm=True).
+    With `norm_last_hidden=False` the last hidden layer is Linear -> GELU without a LayerNorm,
+    as in the QGF reference's actor."""
 
     def __init__(
         self,
@@ -170,6 +175,7 @@ class NormFirstMLP(MLP):
         *,
         stack: Sequence[int] = (),
         activate_final: bool = False,
+        norm_last_hidden: bool = True,
     ) -> None:
         super().__init__(
             in_dim,
@@ -180,13 +186,50 @@ class NormFirstMLP(MLP):
             activate_final=activate_final,
             norm_first=True,
         )
+        if not norm_last_hidden and hidden_dims:
+            del self.norms[len(hidden_dims) - 1 :]  # also the final norm when activate_final
+
+    def forward(self, x: Tensor, frozen: bool = False) -> Tensor:
+        n_stack = len(self.stack)
+        batch_shape = x.shape[n_stack:-1]
+        flatten = len(batch_shape) != 1
+        if flatten:
+            x = x.reshape(*x.shape[:n_stack], -1, x.shape[-1])
+        last = len(self.linears) - 1
+        for i, linear in enumerate(self.linears):
+            x = linear(x, frozen)
+            if i < last or self.activate_final:
+                if i < len(self.norms):
+                    x = self.norms[i](x, frozen)
+                x = F.gelu(x, approximate="tanh")
+        return x.reshape(*x.shape[:n_stack], *batch_shape, x.shape[-1]) if flatten else x
+
+
+# Flax's lecun_normal draws from a normal truncated at +-2 standard deviations and rescales it so
+# that the drawn weights have standard deviation sqrt(1 / fan_in); this is that rescaling factor
+# (the standard deviation of a unit normal truncated at +-2).
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+OUTPUT_INITS = ("xavier", "lecun")
+
+
+@torch.no_grad()
+def lecun_normal_(weight: Tensor) -> Tensor:
+    """Fill a stacked weight (*stack, fan_in, fan_out) in place with Flax's lecun_normal: a
+    truncated normal whose standard deviation is 1 / sqrt(fan_in), every entry independent."""
+    std = 1.0 / math.sqrt(weight.shape[-2]) / _TRUNCATED_NORMAL_STD
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
 
 class EmbeddedTimeVelocityField(nn.Module):
-    """v(s, x, t) with the QGF paper's actor switches: hidden layers Linear -> LayerNorm -> GELU
-    when `layer_norm`, and t entering as `time_embedding_dim` sinusoidal features instead of a
-    raw scalar when `time_embedding_dim` > 0. With both off it is VelocityField (same parameters,
-    same initialisation, same outputs)."""
+    """v(s, x, t) with the QGF reference's actor switches:
+
+    - `layer_norm`: hidden layers Linear -> LayerNorm -> GELU, except the last hidden layer,
+      which is Linear -> GELU (the reference leaves its LayerNorm off);
+    - `time_embedding_dim` > 0: t enters as that many sinusoidal features instead of a raw scalar;
+    - `output_init="lecun"`: the output layer's weights are lecun-normal (Flax's default for a
+      Dense layer) instead of xavier-uniform.
+
+    With every switch off it is VelocityField (same parameters, same initialisation, same outputs)."""
 
     def __init__(
         self,
@@ -197,14 +240,23 @@ class EmbeddedTimeVelocityField(nn.Module):
         stack: Sequence[int] = (),
         layer_norm: bool = False,
         time_embedding_dim: int = 0,
+        output_init: str = "xavier",
     ) -> None:
         super().__init__()
-        if time_embedding_dim and (time_embedding_dim < 4 or time_embedding_dim % 2):
-            raise ValueError(f"time_embedding_dim must be 0 or an even number >= 4, got {time_embedding_dim}")
+        if time_embedding_dim and (time_embedding_dim < 2 or time_embedding_dim % 2):
+            raise ValueError(
+                f"time_embedding_dim must be 0 or a positive even number, got {time_embedding_dim}"
+            )
+        if output_init not in OUTPUT_INITS:
+            raise ValueError(f"output_init must be one of {', '.join(OUTPUT_INITS)}, got {output_init!r}")
         self.time_embedding_dim = time_embedding_dim
         in_dim = obs_dim + action_dim + (time_embedding_dim or 1)
-        mlp = NormFirstMLP if layer_norm else MLP
-        self.net = mlp(in_dim, action_dim, hidden_dims, stack=stack)
+        if layer_norm:
+            self.net: MLP = NormFirstMLP(in_dim, action_dim, hidden_dims, stack=stack, norm_last_hidden=False)
+        else:
+            self.net = MLP(in_dim, action_dim, hidden_dims, stack=stack)
+        if output_init == "lecun":
+            lecun_normal_(self.net.linears[-1].weight)
 
     def forward(self, obs: Tensor, x: Tensor, t: Tensor | float, frozen: bool = False) -> Tensor:
         if not isinstance(t, Tensor) or t.dim() == 0:

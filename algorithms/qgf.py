@@ -1,22 +1,27 @@
 """QGF: test-time gradient guidance of flow policies ("Test-Time Gradient Guidance of Flow
-Policies in RL"), under the QAM paper's shared protocol by default.
+Policies in Reinforcement Learning", Zhou et al., arXiv 2606.11087), under the QAM paper's shared
+protocol by default; the QGF paper's own protocol is the `ogbench-qgf` suite's settings.
 
 Training has no RL term on the actor. Three networks learn side by side, each from its own loss:
 
-    L_BC(v_b)  flow matching of the behaviour flow
-    L_Q        sum over the two Q networks of valid * (Q_k(s, a) - y)^2,  y = R_H + gamma^H m_H V(s_{t+H})
-    L_V        valid * |e - 1(u < 0)| u^2,  u = min_k Q'_k(s, a) - V(s),  e = expectile
+    1. L_Q   sum over the two Q networks of mean_B valid * (Q_k(s, a) - y)^2,
+             y = R_H + gamma^H m_H V(s_{t+H})          (V the online value network, no target)
+    2. L_V   mean_B valid * |e - 1(u < 0)| u^2,  u = min_k Q'_k(s, a) - V(s),  e = expectile
+             (Q' the Polyak targets of the Q networks)
+    3. L_BC  flow matching of the behaviour flow v_b on x_t = (1 - t) x_0 + t x_1:
+             `bc_loss="shared"`: t ~ U[0, 1], valid-weighted, divided by B (ALGORITHMS.md);
+             `bc_loss="qgf"`: t uniform on {0, 1/N, ..., 1}, plain mean over batch and action dims
 
-(V is the online value network, without a target; Q' are Polyak targets of the Q networks.)
+Acting is where the critic enters: N Euler steps x <- x + (v_b(s, x, k/N) + w g) / N from
+x_0 ~ N(0, I), then clip, with the guidance direction
 
-Acting is where the critic enters: N Euler steps with the guided velocity
-
-    v = v_b(s, x, t) + w * grad_a Q'(s, a_hat),   Q' = min_k Q'_k
+    4. g = grad_a Q'(s, a) at a = a_hat,   Q' = min_k Q'_k
 
 where a_hat estimates the final action: clip(x + (1 - t) v_b(s, x, t)) held fixed ("standard"),
 x itself ("noisy"), or clip(x + (1 - t) v_b(s, x, t)) differentiated through, so the gradient is
 taken with respect to x ("jacobian"). The guidance weight w is an evaluation-time parameter: one
-trained model is evaluated for a list of weights.
+trained model is evaluated for a list of weights; in the online phase the agent explores with
+`online_explorative_guidance_weight` (`exploration_params`, `explore`).
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from torch import Tensor
 
 from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss
-from algorithms.flow import flow_matching_loss
-from algorithms.nets import MLP, EmbeddedTimeVelocityField
+from algorithms.flow import flow_matching_loss, grid_flow_matching_loss
+from algorithms.nets import MLP, OUTPUT_INITS, EmbeddedTimeVelocityField
 from algorithms.registry import RegistryError, register
 
 ESTIMATORS = ("standard", "noisy", "jacobian")
+BC_LOSSES = ("shared", "qgf")
 DEFAULT_GUIDANCE_WEIGHT = 0.02
 NUM_CRITICS = 2
 
@@ -49,26 +55,35 @@ class QGFConfig(BaseConfig):
     estimator: str = "standard"  # how a_hat is formed: standard | noisy | jacobian
     expectile: float = 0.9  # of the value regression: weights e / (1 - e) on under / over
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
-    layer_norm: bool = True  # on the Q and V networks (Linear -> GELU -> LayerNorm)
-    actor_layer_norm: bool = False  # QGF paper: Linear -> LayerNorm -> GELU in the actor
+    layer_norm: bool = True  # on the Q and V networks
+    # Q and V hidden layers: Linear -> LayerNorm -> GELU (QGF paper) instead of Linear -> GELU ->
+    # LayerNorm (the shared protocol's critic)
+    critic_norm_first: bool = False
+    # QGF paper's actor: Linear -> LayerNorm -> GELU on every hidden layer but the last (no norm)
+    actor_layer_norm: bool = False
+    actor_output_init: str = "xavier"  # of the actor's output layer: xavier | lecun (QGF paper)
     time_embedding_dim: int = 0  # QGF paper: 16 sinusoidal features of t instead of the raw t
+    bc_loss: str = "shared"  # shared (t ~ U[0, 1], valid-weighted) | qgf (t on the N-step grid, plain mean)
+    online_explorative_guidance_weight: float = 1.0  # the guidance weight the online phase acts with
     lr: float = 3e-4
     target_tau: float = 0.005
     flow_steps: int = 10
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise RegistryError(
-                f"qgf estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}"
-            )
+        choices = {"estimator": ESTIMATORS, "bc_loss": BC_LOSSES, "actor_output_init": OUTPUT_INITS}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise RegistryError(
+                    f"qgf {key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}"
+                )
         if not 0 <= self.expectile <= 1:
             raise RegistryError(f"qgf expectile must be in [0, 1], got {self.expectile!r}")
         if self.flow_steps < 1:
             raise RegistryError(f"qgf flow_steps must be >= 1, got {self.flow_steps!r}")
-        if self.time_embedding_dim and (self.time_embedding_dim < 4 or self.time_embedding_dim % 2):
+        if self.time_embedding_dim < 0 or self.time_embedding_dim % 2:
             raise RegistryError(
-                f"qgf time_embedding_dim must be 0 (raw t) or an even number >= 4, got {self.time_embedding_dim!r}"
+                f"qgf time_embedding_dim must be 0 (raw t) or a positive even number, got {self.time_embedding_dim!r}"
             )
 
 
@@ -147,8 +162,17 @@ class QGF(Agent):
         self.critic = EnsembleCritic(
             obs_dim, chunk_dim, hidden, NUM_CRITICS, stack=self.stack, layer_norm=config.layer_norm
         )
+        # MLP's norm_first keeps the parameters and their initialisation, only moves the LayerNorm.
+        self.critic.net.norm_first = config.critic_norm_first
         self.target_critic = copy.deepcopy(self.critic)
-        self.value = MLP(obs_dim, 1, hidden, stack=self.stack, layer_norm=config.layer_norm)
+        self.value = MLP(
+            obs_dim,
+            1,
+            hidden,
+            stack=self.stack,
+            layer_norm=config.layer_norm,
+            norm_first=config.critic_norm_first,
+        )
         self.flow = EmbeddedTimeVelocityField(
             obs_dim,
             chunk_dim,
@@ -156,6 +180,7 @@ class QGF(Agent):
             stack=self.stack,
             layer_norm=config.actor_layer_norm,
             time_embedding_dim=config.time_embedding_dim,
+            output_init=config.actor_output_init,
         )
         # The reference uses three Adams; one Adam over the summed loss is the same update,
         # because the parameter sets are disjoint and each loss reaches only its own network
@@ -175,6 +200,7 @@ class QGF(Agent):
         spec, config = self.spec, self.config
         obs, actions, valid = batch.observations, batch.flat_actions, batch.valid[..., -1]
 
+        # 1. Each Q toward the TD target through the online V.
         with torch.no_grad():
             next_value = self.state_value(batch.next_observations[..., -1, :])
             q_target = chunked_td_target(batch, next_value, spec.discount, spec.horizon)
@@ -182,10 +208,15 @@ class QGF(Agent):
         qs = self.critic(obs, actions)
         loss_critic = NUM_CRITICS * critic_loss(qs, q_target, valid)  # each Q on its own: a sum
 
+        # 2. V by expectile regression toward the min of the target Qs at dataset actions.
         values = self.state_value(obs)
         loss_value = (expectile_loss(v_target - values, config.expectile) * valid).mean(-1)
 
-        loss_bc = flow_matching_loss(self.flow, obs, actions, valid, self.generator)
+        # 3. Behaviour cloning of the flow.
+        if config.bc_loss == "qgf":
+            loss_bc = grid_flow_matching_loss(self.flow, obs, actions, config.flow_steps, self.generator)
+        else:
+            loss_bc = flow_matching_loss(self.flow, obs, actions, valid, self.generator)
 
         loss = loss_critic + loss_value + loss_bc
         return loss, {
@@ -202,7 +233,7 @@ class QGF(Agent):
         def velocity(x: Tensor, t: float) -> Tensor:
             return self.flow(obs, x, t, frozen=True)
 
-        def critic(a: Tensor) -> Tensor:
+        def critic(a: Tensor) -> Tensor:  # 4. the guidance critic: min of the target Qs
             return self.target_critic(obs, a, frozen=True).min(-2).values
 
         return guided_sample(
@@ -214,3 +245,14 @@ class QGF(Agent):
         any parameter."""
         noise = self.randn(*obs.shape[:-1], self.spec.chunk_dim, generator=self.act_generator)
         return self.guided_actions(obs, noise, guidance_weight)
+
+    @property
+    def exploration_params(self) -> dict[str, float]:
+        """The evaluation-time parameters the online phase acts with: the guidance weight
+        `online_explorative_guidance_weight` (the QGF reference explores with its own weight,
+        1.0 by default, not with one of the evaluation weights)."""
+        return {"guidance_weight": self.config.online_explorative_guidance_weight}
+
+    def explore(self, obs: Tensor) -> Tensor:
+        """Exploration chunks: `act` with `exploration_params`."""
+        return self.act(obs, **self.exploration_params)

@@ -10,6 +10,7 @@ intervals). The heavy modules (pandas, rliable, matplotlib) load on first use, s
     table = analysis.leaderboard(df, metric="mean")   # one row per (row, variant)
     print(analysis.render_leaderboard(table, "md"))
     analysis.compare(df, "qam", "fql")                # paired by (task, seed)
+    analysis.versus_published(table, df)              # each method beside its published value
     analysis.write_report(df, "report/")
 """
 
@@ -32,6 +33,8 @@ _PUBLIC = {
     "compare": "analysis.paired",
     "render_comparison": "analysis.paired",
     "write_report": "analysis.report",
+    "versus_published": "analysis.versus",
+    "render_versus": "analysis.versus",
 }
 
 __all__ = ["AnalysisError", *_PUBLIC]

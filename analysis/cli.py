@@ -109,6 +109,7 @@ def _add_report(subparsers) -> None:
 def run_leaderboard(args: argparse.Namespace) -> int:
     from analysis.records import load_source
     from analysis.tables import leaderboard, render_leaderboard
+    from analysis.versus import has_pairs, render_versus, versus_published
 
     records = load_source(args.sweep, published=args.published)
     board = leaderboard(
@@ -124,6 +125,8 @@ def run_leaderboard(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     text = render_leaderboard(board, args.format)
+    if args.format == "md" and has_pairs(board):
+        text += "\n" + render_versus(versus_published(board, records), args.ci)
     _emit(text, args.out)
     if args.format == "csv":
         for note in board.attrs["notes"]:

@@ -17,6 +17,7 @@ from analysis.records import PUBLISHED, load, ordered_domains, run_table
 from analysis.scores import ALL_TASKS, BEST_PER_DOMAIN, expected_runs, phase_variants
 from analysis.stats import aggregate, check_bootstrap, performance_profiles
 from analysis.tables import board_from_aggregate, markdown_table, render_leaderboard
+from analysis.versus import has_pairs, render_versus, versus_published
 
 LEARNING_CURVES = "learning_curves.png"
 PERFORMANCE_PROFILE = "performance_profile.png"
@@ -196,6 +197,8 @@ def _leaderboards(records: pd.DataFrame, out: Path, settings: ReportSettings) ->
             title = f"## Leaderboard: {board.attrs['title']}"
             body = render_leaderboard(board, "md", with_missing=metric == "mean")
             sections.append(f"{title}\n\n{body}")
+            if metric == "mean" and has_pairs(board):
+                sections.append(render_versus(versus_published(board, records), settings.ci))
             if metric == "mean":
                 _write_missing(board, out / f"missing_runs_{phase}.csv")
             if metric == "mean" and phase == "offline":

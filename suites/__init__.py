@@ -41,7 +41,10 @@ __all__ = [
 
 BUDGET_KEYS = ("offline_steps", "online_steps", "eval_interval", "eval_episodes")
 # Methods whose ensemble critic takes the domain's pessimism rho (mean - rho * std in the TD target).
-RHO_METHODS = ("qam", "qam-edit", "qam-fql", "fql", "fbrac")
+RHO_METHODS = (
+    *("qam", "qam-edit", "qam-fql", "fql", "fbrac", "fedit", "ifql", "fawac", "dsrl", "cgql", "cgql-m"),
+    *("cgql-l", "bam", "rebrac", "qsm", "dac", "rlpd"),
+)
 # Settings a domain gives each of its tasks (TaskSettings fields other than task and domain).
 DOMAIN_KEYS = ("horizon", "discount", "sparse", "rho", "dataset", "shard_dir")
 

@@ -78,8 +78,44 @@ PAPER_TABLE: dict[str, tuple[float, tuple[float, float], tuple[float, float], fl
 }
 
 
+# The baselines' per-domain hyperparameters, from the QAM reference's experiments/reproduce.py (and
+# reproduce_rlpd.py for rlpd): method -> (config keys, one row per domain in PAPER_TABLE's order).
+_DOMAIN_ORDER = tuple(PAPER_TABLE)
+BASELINE_TABLE: dict[str, tuple[tuple[str, ...], dict[str, tuple[float, ...]]]] = {
+    #       p3x3    scene   c-dbl   ant-L   hum-M   c-trp   c-quad  p4x4    ant-G   hum-L
+    "fedit": (("edit_scale",), dict(zip(_DOMAIN_ORDER, [
+        (0.2,), (0.2,), (0.2,), (0.2,), (0.5,), (0.3,), (0.4,), (0.8,), (0.3,), (0.1,)]))),
+    "ifql": (("kappa",), dict(zip(_DOMAIN_ORDER, [
+        (0.95,), (0.9,), (0.9,), (0.9,), (0.7,), (0.95,), (0.95,), (0.9,), (0.8,), (0.8,)]))),
+    "fawac": (("inv_temp",), dict(zip(_DOMAIN_ORDER, [
+        (0.8,), (6.4,), (0.8,), (6.4,), (6.4,), (0.8,), (0.8,), (0.8,), (0.8,), (0.8,)]))),
+    "dsrl": (("noise_scale",), dict(zip(_DOMAIN_ORDER, [
+        (1.0,), (0.4,), (1.0,), (0.8,), (0.6,), (1.4,), (1.4,), (1.0,), (1.2,), (0.8,)]))),
+    "cgql": (("inv_temp", "guidance_coef"), dict(zip(_DOMAIN_ORDER, [
+        (10, 0.1), (10, 0.1), (10, 0.01), (10, 0.1), (10, 0.01),
+        (10, 0.1), (10, 0.1), (10, 0.1), (10, 0.1), (10, 0.01)]))),
+    "cgql-m": (("inv_temp", "guidance_coef", "noisy_coef"), dict(zip(_DOMAIN_ORDER, [
+        (10, 0.1, 0.1), (10, 0.1, 0.1), (10, 0.01, 0.001), (10, 0.1, 0.1), (10, 0.1, 0.1),
+        (10, 0.1, 0.001), (10, 0.01, 0.1), (10, 1.0, 0.001), (10, 0.1, 0.001), (10, 0.1, 0.1)]))),
+    "cgql-l": (("inv_temp", "guidance_coef", "noisy_coef"), dict(zip(_DOMAIN_ORDER, [
+        (10, 0.1, 0.001), (10, 0.1, 0.1), (10, 0.01, 0.001), (10, 0.1, 0.001), (10, 0.1, 0.1),
+        (10, 0.1, 0.001), (10, 0.01, 0.1), (10, 1.0, 0.001), (10, 0.1, 0.001), (10, 0.1, 0.1)]))),
+    "bam": (("inv_temp",), dict(zip(_DOMAIN_ORDER, [
+        (10,), (10,), (10,), (30,), (10,), (30,), (10,), (30,), (30,), (30,)]))),
+    "rebrac": (("alpha_actor", "actor_noise"), dict(zip(_DOMAIN_ORDER, [
+        (0.1, 0.0), (0.03, 0.0), (0.01, 0.0), (0.01, 0.0), (0.01, 0.0),
+        (0.01, 0.2), (0.01, 0.2), (0.01, 0.2), (0.01, 0.0), (0.01, 0.1)]))),
+    "qsm": (("inv_temp", "alpha"), dict(zip(_DOMAIN_ORDER, [
+        (10, 30), (3, 30), (1, 10), (10, 10), (10, 30), (10, 10), (1, 10), (10, 1), (10, 10), (10, 30)]))),
+    "dac": (("alpha",), dict(zip(_DOMAIN_ORDER, [
+        (1.0,), (1.0,), (3.0,), (0.3,), (1.0,), (0.3,), (1.0,), (1.0,), (0.3,), (0.3,)]))),
+    "rlpd": (("bc_alpha",), dict(zip(_DOMAIN_ORDER, [
+        (0.01,), (0.3,), (0.1,), (0.0,), (0.03,), (0.0,), (0.0,), (0.0,), (0.01,), (0.0,)]))),
+}  # fmt: skip
+
+
 def paper_methods(domains: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """PAPER_TABLE as domain -> registry method -> config overrides (a fresh copy)."""
+    """PAPER_TABLE and BASELINE_TABLE as domain -> registry method -> config overrides (a fresh copy)."""
     table = {}
     for domain in domains or list(PAPER_TABLE):
         qam, (edit_temp, edit_scale), (fql_temp, fql_alpha), alpha_fql, alpha_fbrac = PAPER_TABLE[domain]
@@ -90,6 +126,8 @@ def paper_methods(domains: list[str] | None = None) -> dict[str, dict[str, dict[
             "fql": {"alpha": float(alpha_fql)},
             "fbrac": {"alpha": float(alpha_fbrac)},
         }
+        for method, (keys, rows) in BASELINE_TABLE.items():
+            table[domain][method] = {key: float(value) for key, value in zip(keys, rows[domain], strict=True)}
     return table
 
 
@@ -120,19 +158,25 @@ QGF_OVERRIDES = {
     "hidden_dims": (1024,) * 4,
     "actor_layer_norm": True,
     "time_embedding_dim": 16,
+    "critic_norm_first": True,
+    "actor_output_init": "lecun",
+    "bc_loss": "qgf",
 }
 
 
 def ogbench_qgf_suite() -> Suite:
     """The QGF paper's protocol: cube-triple, cube-quadruple, puzzle-4x4 and scene (5 tasks each) on the
     100M datasets, discount 0.999, no sparse rewards, 500K offline steps and no online phase, 30 eval
-    episodes, 10 seeds; QGF with batch 1024, 4 x 1024 networks, LayerNorm before GELU in the actor and
-    a 16-dim sinusoidal time embedding (QGF_OVERRIDES). Chunk length and rho stay the shared
-    protocol's; the other methods keep the QAM paper's per-domain values.
+    episodes, 10 seeds; QGF as the QGF reference builds it (QGF_OVERRIDES): batch 1024, 4 x 1024
+    networks, LayerNorm before GELU in Q, V and the actor (none on the actor's last hidden layer), a
+    lecun-normal actor output layer, a 16-dim sinusoidal time embedding, and its BC loss (t on the
+    grid {0, 1/10, ..., 1}, plain mean). Chunk length and rho stay the shared protocol's; the other
+    methods keep the QAM paper's per-domain values.
 
     Not expressed here: "success = best over the guidance-weight list" (an analysis choice over the
-    QGF_GUIDANCE_WEIGHTS eval variants); the evaluation interval, which ALGORITHMS.md does not state
-    (we keep 50K); the QGF reference clips the 100M datasets' actions, which we do everywhere anyway.
+    QGF_GUIDANCE_WEIGHTS eval variants); the evaluation interval (the QGF reference's default is
+    100K and its scripts keep it; we keep 50K); the QGF reference clips the 100M datasets' actions,
+    which we do everywhere anyway.
     """
     domains = {
         name: {**DOMAINS[name], "discount": 0.999, "sparse": False, "shard_dir": f"{name}-100m-v0"}

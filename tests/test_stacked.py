@@ -14,9 +14,10 @@ from algorithms.base import Batch, EnvSpec, GeneratorStack, Metrics, slice_agent
 from harness.data import ReplayBuffer
 from harness.train import DivergenceTracker
 from suites.smoke import TINY
+from support_methods import builtin_methods
 
 SPEC = EnvSpec(2, 2, horizon=1)
-METHODS = ["fql", "qam", "qam-fql", "qam-edit", "fbrac", "qgf"]
+METHODS = builtin_methods()
 
 
 def make(method: str, seed):
@@ -35,6 +36,8 @@ def params(agent, index=None) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_stack_trains_like_its_lone_seeds(method):
+    if not registry.get(method).cls.supports_seed_stack:
+        pytest.skip(f"{method} declares that it does not stack seeds")
     stacked, lone = make(method, [3, 5]), [make(method, 3), make(method, 5)]
     for index, agent in enumerate(lone):  # the same initialisation, exactly
         for name, value in params(agent).items():

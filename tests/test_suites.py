@@ -239,6 +239,9 @@ def test_ogbench_qgf_suite() -> None:
             "hidden_dims": (1024,) * 4,
             "actor_layer_norm": True,
             "time_embedding_dim": 16,
+            "critic_norm_first": True,
+            "actor_output_init": "lecun",
+            "bc_loss": "qgf",
         }
         assert qgf.method_overrides("qam", task.task) == {**PAPER[task.domain]["qam"], "rho": 0.5}
     assert qgf.budgets == {
