@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support_methods import builtin_methods
 from test_fql import bandit_buffer
 
 from algorithms import registry
@@ -14,7 +15,6 @@ from algorithms.base import Batch, EnvSpec, GeneratorStack, Metrics, slice_agent
 from harness.data import ReplayBuffer
 from harness.train import DivergenceTracker
 from suites.smoke import TINY
-from support_methods import builtin_methods
 
 SPEC = EnvSpec(2, 2, horizon=1)
 METHODS = builtin_methods()
