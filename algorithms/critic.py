@@ -1,4 +1,4 @@
-"""The ensemble critic and the pessimistic chunked TD target (ALGORITHMS.md, "Shared protocol")."""
+"""The ensemble critic, the pessimistic chunked TD target and the expectile loss of IQL-style values."""
 
 from __future__ import annotations
 
@@ -56,3 +56,10 @@ def chunked_td_target(batch: Batch, next_value: Tensor, discount: float, horizon
 def critic_loss(qs: Tensor, target: Tensor, valid_last: Tensor) -> Tensor:
     """Mean over K x B of valid * (Q_k - y)^2; qs (*S, K, B), target and valid (*S, B) -> (*S,)."""
     return ((qs - target.unsqueeze(-2)).pow(2) * valid_last.unsqueeze(-2)).mean((-2, -1))
+
+
+def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
+    """|e - 1(diff < 0)| * diff^2, elementwise; diff = target - prediction. Minimising its mean
+    over a sample of targets puts the prediction at their e-expectile (e = 0.5: the mean)."""
+    weight = torch.where(diff >= 0, expectile, 1 - expectile)
+    return weight * diff.pow(2)

@@ -25,10 +25,15 @@ import torch
 from torch import Tensor
 
 from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
-from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
+from algorithms.critic import (
+    EnsembleCritic,
+    chunked_td_target,
+    critic_loss,
+    expectile_loss,
+    pessimistic_value,
+)
 from algorithms.flow import flow_matching_loss, sample_actions
 from algorithms.nets import MLP, VelocityField
-from algorithms.qgf import expectile_loss
 from algorithms.registry import RegistryError, register
 
 

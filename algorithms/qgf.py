@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
-from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss
+from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, expectile_loss
 from algorithms.flow import flow_matching_loss, grid_flow_matching_loss
 from algorithms.nets import MLP, OUTPUT_INITS, EmbeddedTimeVelocityField
 from algorithms.registry import RegistryError, register
@@ -85,13 +85,6 @@ class QGFConfig(BaseConfig):
             raise RegistryError(
                 f"qgf time_embedding_dim must be 0 (raw t) or a positive even number, got {self.time_embedding_dim!r}"
             )
-
-
-def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
-    """|e - 1(diff < 0)| * diff^2, elementwise; diff = target - prediction. Minimising its mean
-    over a sample of targets puts the prediction at their e-expectile (e = 0.5: the mean)."""
-    weight = torch.where(diff >= 0, expectile, 1 - expectile)
-    return weight * diff.pow(2)
 
 
 def guidance_gradient(

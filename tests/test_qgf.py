@@ -16,7 +16,7 @@ from test_fql import bandit_buffer
 
 from algorithms import registry
 from algorithms.base import Batch, EnvSpec
-from algorithms.critic import EnsembleCritic
+from algorithms.critic import EnsembleCritic, expectile_loss
 from algorithms.flow import grid_flow_matching_loss, sample_actions
 from algorithms.nets import (
     EmbeddedTimeVelocityField,
@@ -24,7 +24,7 @@ from algorithms.nets import (
     VelocityField,
     sinusoidal_time_embedding,
 )
-from algorithms.qgf import ESTIMATORS, expectile_loss, guidance_gradient, guided_sample
+from algorithms.qgf import ESTIMATORS, guidance_gradient, guided_sample
 from algorithms.registry import RegistryError
 from suites.ogbench import QGF_OVERRIDES
 
