@@ -186,6 +186,12 @@ class Agent(nn.Module):
         """Action chunks (*stack, B, H * act) in [-1, 1] for observations (*stack, B, obs)."""
         raise NotImplementedError
 
+    @property
+    def exploration_params(self) -> dict[str, float]:
+        """The evaluation-time parameters the online phase acts with: by default the declared
+        defaults (`eval_params`); a method that explores with other values overrides this."""
+        return dict(self.eval_params)
+
     # --- helpers for methods --------------------------------------------------------
     def setup_optimizer(
         self,

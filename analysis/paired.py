@@ -12,9 +12,9 @@ import difflib
 import numpy as np
 import pandas as pd
 from rliable import metrics as rly_metrics
-from tqdm.auto import tqdm
 
 from analysis.errors import AnalysisError
+from analysis.progress import progress_bar
 from analysis.records import (
     PUBLISHED,
     PUBLISHED_NAMES,
@@ -81,7 +81,7 @@ def compare(
     settings = dict(reps=reps, ci=ci, seed=seed)
     groups = ([*ordered_domains(pairs["domain"].unique())] if by == "both" else []) + [ALL_TASKS]
     rows, dropped = [], []
-    for group in tqdm(groups, desc=f"compare {a} vs {b}", disable=not progress, leave=False):
+    for group in progress_bar(groups, desc=f"compare {a} vs {b}", enabled=progress, leave=False):
         row, left_out = _compare_group(pairs, group, settings, f"{a} & {b}")
         rows.append(row)
         dropped += left_out if group == ALL_TASKS else []

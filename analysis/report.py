@@ -8,11 +8,11 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from analysis import plots
 from analysis.errors import AnalysisError
 from analysis.paired import compare, render_comparison, resolve_variant
+from analysis.progress import progress_bar
 from analysis.records import PUBLISHED, load, ordered_domains, run_table
 from analysis.scores import ALL_TASKS, BEST_PER_DOMAIN, expected_runs, phase_variants
 from analysis.stats import aggregate, check_bootstrap, performance_profiles
@@ -244,7 +244,9 @@ def _comparisons(
     pairs, how = _pairs_to_compare(own, pair, ranking)
     with_table = pair is not None or how == "the sweep's two variants"
     rows, sections = [], []
-    for a, b in tqdm(pairs, desc="probability of improvement", disable=not settings.progress, leave=False):
+    for a, b in progress_bar(
+        pairs, desc="probability of improvement", enabled=settings.progress, leave=False
+    ):
         try:
             table = compare(
                 own, a, b, by="both" if with_table else "all", **settings.bootstrap(), **settings.selection()

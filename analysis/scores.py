@@ -34,7 +34,8 @@ class ParamRule:
             return f"fixed at {self.key}={self.value}"
         return (
             "chosen per domain: the value with the best mean success over the domain's tasks and seeds "
-            "at the reported step (as the QGF paper reports; an optimistic choice)"
+            "at the reported step (optimistic; the QGF reference's logged success is more so: each run's "
+            "max over the values at every evaluation)"
         )
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from rliable import library as rly
 from rliable import metrics as rly_metrics
-from tqdm.auto import tqdm
 
 from analysis.errors import AnalysisError
+from analysis.progress import progress_bar
 from analysis.records import ordered_domains
 from analysis.scores import (
     ALL_TASKS,
@@ -152,7 +152,7 @@ def _aggregate_step(records, metrics, step, phase, by, params, settings) -> pd.D
     source = dict(zip(records["variant"], records["source"], strict=True))
     cells = [(v, g) for v in step_scores.variants for g in _groups(step_scores.domains(), by)]
     rows = []
-    for variant, group in tqdm(cells, desc="bootstrap", disable=not settings["progress"], leave=False):
+    for variant, group in progress_bar(cells, desc="bootstrap", enabled=settings["progress"], leave=False):
         cell = step_scores.cell(variant, group, settings["incomplete"])
         values, intervals = _estimate(cell.matrix, func, len(metrics), settings)
         base = _cell_fields(variant, source.get(variant, "sweep"), group, step_scores.steps[variant], cell)
@@ -213,7 +213,9 @@ def _aggregate_curves(records, metrics, phase, by, params, settings) -> pd.DataF
     cells = [(v, g) for v in variants for g in _groups(ordered_domains(expected["domain"].unique()), by)]
     by_variant = {v: rows for v, rows in scores.groupby("variant")}
     rows = []
-    for variant, group in tqdm(cells, desc="bootstrap curves", disable=not settings["progress"], leave=False):
+    for variant, group in progress_bar(
+        cells, desc="bootstrap curves", enabled=settings["progress"], leave=False
+    ):
         own = by_variant.get(variant, scores.iloc[0:0])
         rows += _curve_rows(own, expected, variant, source.get(variant, "sweep"), group, metrics, settings)
     table = pd.DataFrame(rows, columns=AGGREGATE_COLUMNS).sort_values(["variant", "group", "metric", "step"])

@@ -53,7 +53,7 @@ class BenchSettings:
     seeds: int = 1
     sampler_batches: int = 200
     eval_episodes: int = 10
-    eval_envs: int | None = None  # None: the training default (harness.evaluate.default_eval_envs)
+    eval_envs: int | None = None  # None: the training default (harness.run.evaluate.default_eval_envs)
     eval_workers: int = 0  # worker processes stepping the environments (0: this process)
     eval_task: str = DEFAULT_EVAL_TASK
     threads: int | None = None
@@ -93,7 +93,7 @@ def synthetic_buffer(spec: Any, *, device: Any, seed: int = 0) -> Any:
     """A replay buffer of random transitions in episodes of SYNTHETIC_EPISODE_LENGTH steps."""
     import numpy as np
 
-    from harness.data import ReplayBuffer
+    from harness.run.data import ReplayBuffer
 
     rng = np.random.default_rng(seed)
     n = SYNTHETIC_TRANSITIONS
@@ -157,7 +157,7 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
     """updates/s, GFLOP/s and sampler batches/s at the paper's shapes."""
     from algorithms import registry
     from algorithms.base import EnvSpec
-    from harness.train import DIVERGENCE_CHECK_INTERVAL, DivergenceTracker
+    from harness.run.members import DIVERGENCE_CHECK_INTERVAL, DivergenceTracker
 
     method = registry.get(settings.method)
     config = bench_config(method, settings.config, settings.overrides)
@@ -213,9 +213,9 @@ def bench_evaluation(settings: BenchSettings, device: Any, say: Callable[[str], 
     """Evaluation episodes/s on a real task with the untrained policy."""
     import suites
     from algorithms import registry
-    from harness.envs import make_env, make_eval_envs
-    from harness.evaluate import default_eval_envs, episode_seeds, evaluate
-    from harness.train import env_spec_of
+    from harness.run.envs import make_env, make_eval_envs
+    from harness.run.evaluate import default_eval_envs, episode_seeds, evaluate
+    from harness.run.trainer import env_spec_of
 
     episodes = settings.eval_episodes
     n_envs = settings.eval_envs or default_eval_envs(episodes)
@@ -252,7 +252,7 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict[str, An
     """Every measurement of `settings`, as one JSON-ready dict."""
     import torch
 
-    from harness.train import pick_device
+    from harness.run.trainer import pick_device
 
     settings.validate()
     threads = torch.get_num_threads()
@@ -308,7 +308,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.cli import parse_assignments
+    from harness.args import parse_assignments
 
     settings = BenchSettings(
         method=args.method,

@@ -17,10 +17,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from harness.errors import UserError
-from harness.progress import progress_bar
+from harness.progress import Progress, progress_bar
 
 SUPPORTED_DOMAINS = ("cube", "scene", "puzzle")
 
@@ -89,7 +88,7 @@ def _scene_episode_is_healthy(episode_qpos: np.ndarray) -> bool:
     return not ((block_xyzs[:, 1] <= -0.3) & ((block_xyzs[:, 2] < 0.06) | (block_xyzs[:, 2] > 0.08))).any()
 
 
-def _collect_episode(env, oracles: dict, env_name: str, episode_seed: int | None, progress: tqdm) -> dict:
+def _collect_episode(env, oracles: dict, env_name: str, episode_seed: int | None, progress: Progress) -> dict:
     episode = defaultdict(list)
     ob, info = env.reset(seed=episode_seed)
     p_stack = _stack_probability(env_name)

@@ -1,14 +1,16 @@
-"""Progress bars that suit both a terminal and a log file (Slurm output, CI)."""
+"""Progress output that suits both a terminal and a log file (Slurm output, CI): bars, and
+messages that do not break them. The bars are analysis/progress.py's (the one place that makes
+them, importable by both analysis/ and harness/): tqdm on a terminal, and in a log one plain line
+(count, rate, ETA, last success) at most every 30 s instead of carriage-return redraws."""
 
 from __future__ import annotations
 
-import sys
-from typing import Any
+from analysis.progress import Progress, progress_bar, write
 
-from tqdm import tqdm
+__all__ = ["Progress", "progress_bar", "say"]
 
 
-def progress_bar(*args: Any, enabled: bool = True, **kwargs: Any) -> tqdm:
-    """tqdm to stderr, refreshed every second on a terminal and every 30 s in a log file."""
-    kwargs.setdefault("mininterval", 1.0 if sys.stderr.isatty() else 30.0)
-    return tqdm(*args, disable=not enabled, file=sys.stderr, **kwargs)
+def say(message: str, enabled: bool = True) -> None:
+    """A line on stderr that leaves a running progress bar intact."""
+    if enabled:
+        write(message)

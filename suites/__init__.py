@@ -5,11 +5,18 @@ Pure data: importing `suites` never imports torch, so the analysis side and the 
     get_suite("ogbench")          the QAM paper's 50 OGBench tasks (suites/ogbench.py)
     get_suite("ogbench-qgf")      the QGF paper's protocol (suites/ogbench.py)
     get_suite("smoke")            3 tasks, tiny budgets and networks (suites/smoke.py)
+    get_suite("demo")             cube-single task1, small networks: `flowarena demo` (suites/demo.py)
     get_suite("path/to/my.toml")  a user suite (see `load_toml`); suites/<name>.toml files are named suites
 
 The harness builds a run's config from `suite.config_overrides` (every method), then
 `suite.method_overrides(method, task)` (this method on this task's domain), then the user's overrides,
-keeping only the keys that the method's Config has.
+keeping only the keys that the method's Config has. `suite.method_eval_params(method)` is the list of
+evaluation-time settings a run of the method evaluates unless the user gives its own `--eval-param`
+(every suite: QGF's guidance weights QGF_GUIDANCE_WEIGHTS, DEFAULT_EVAL_PARAMS).
+
+`suite.settings_for(task)` also answers for an OGBench task the suite does not list: its domain's
+settings when the suite has that domain, else the shared protocol's defaults (suites/defaults.py),
+with a one-line notice saying which.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -26,11 +34,14 @@ from typing import Any
 
 __all__ = [
     "BUDGET_KEYS",
+    "DEFAULT_EVAL_PARAMS",
     "DOMAIN_KEYS",
+    "QGF_GUIDANCE_WEIGHTS",
     "RHO_METHODS",
     "Suite",
     "SuiteError",
     "TaskSettings",
+    "describe",
     "domain_of",
     "get_suite",
     "load_toml",
@@ -45,6 +56,13 @@ RHO_METHODS = (
     *("qam", "qam-edit", "qam-fql", "fql", "fbrac", "fedit", "ifql", "fawac", "dsrl", "cgql", "cgql-m"),
     *("cgql-l", "bam", "rebrac", "qsm", "dac", "rlpd"),
 )
+# The QGF paper's guidance weights, evaluated at every evaluation point of a QGF run.
+QGF_GUIDANCE_WEIGHTS = (0.004, 0.008, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12)
+# Evaluation-time parameter values every suite evaluates by default: registry method -> key -> values
+# (their cross product). A run's own --eval-param for the method replaces the whole list.
+DEFAULT_EVAL_PARAMS: dict[str, dict[str, tuple[float, ...]]] = {
+    "qgf": {"guidance_weight": QGF_GUIDANCE_WEIGHTS}
+}
 # Settings a domain gives each of its tasks (TaskSettings fields other than task and domain).
 DOMAIN_KEYS = ("horizon", "discount", "sparse", "rho", "dataset", "shard_dir")
 
@@ -52,6 +70,7 @@ _BUILTIN = {
     "ogbench": ("suites.ogbench", "ogbench_suite"),
     "ogbench-qgf": ("suites.ogbench", "ogbench_qgf_suite"),
     "smoke": ("suites.smoke", "smoke_suite"),
+    "demo": ("suites.demo", "demo_suite"),
 }
 _HERE = Path(__file__).resolve().parent
 _TASK_RE = re.compile(r"^(?P<domain>.+?)-singletask(?:-task\d+)?-v\d+$")
@@ -150,6 +169,10 @@ class Suite:
     methods: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # domain -> method -> values
     domains: dict[str, dict[str, Any]] = field(default_factory=dict)  # domain -> settings (DOMAIN_KEYS)
     seeds: int = 12  # default number of seeds per task
+    # method -> eval-time parameter -> values evaluated by default (DEFAULT_EVAL_PARAMS)
+    eval_params: dict[str, dict[str, tuple[float, ...]]] = field(
+        default_factory=lambda: {m: dict(v) for m, v in DEFAULT_EVAL_PARAMS.items()}
+    )
 
     def __post_init__(self) -> None:
         names = [t.task for t in self.tasks]
@@ -173,13 +196,50 @@ class Suite:
             f"`flowarena suites {self.name}` lists its {len(self.tasks)} tasks"
         )
 
+    def settings_for(self, name: str) -> tuple[TaskSettings, str | None]:
+        """A task's settings and a notice saying where they came from (None for a task this suite
+        lists): an unlisted OGBench task takes its domain's settings in this suite, else the
+        defaults of suites/defaults.py. Any other name is a SuiteError naming the closest task."""
+        from suites import defaults
+
+        if name in self.task_names:
+            return self.task(name), None
+        domain = defaults.ogbench_domain(name)
+        if domain is None:
+            known = [*self.task_names, *defaults.known_tasks()]
+            raise SuiteError(
+                f"task {name!r} is not in suite {self.name!r} and not an OGBench task{_closest(name, known)}; "
+                f"`flowarena suites {self.name}` lists the suite's tasks and `flowarena suites --defaults` "
+                "the OGBench datasets whose tasks run outside a suite"
+            )
+        if domain in self.domains:
+            settings = TaskSettings(task=name, domain=domain, **self.domains[domain])
+            source = f"the settings of its domain {domain} in this suite ({describe(settings)})"
+        else:
+            settings = TaskSettings(task=name, domain=domain, **defaults.default_settings(domain))
+            source = (
+                f"the OGBench defaults for {defaults.kind_of(domain)} ({describe(settings)}) and each "
+                "method's default hyperparameters"
+            )
+        notice = f"note: {name} is not in suite {self.name!r}; running it with {source}"
+        return settings, f"{notice}; see `flowarena suites --defaults`"
+
     def method_overrides(self, method: str, task: str) -> dict[str, Any]:
-        """Per-domain hyperparameters of a registry method on a task of this suite ({} if none)."""
-        settings = self.task(task)
+        """Per-domain hyperparameters of a registry method on a task ({} if none); a task outside
+        the suite as `settings_for` finds it."""
+        settings = self.settings_for(task)[0]
         key = normalize_method(method)
         values: dict[str, Any] = {"rho": settings.rho} if key in RHO_METHODS else {}
         values.update(self.methods.get(settings.domain, {}).get(key, {}))
         return values
+
+    def method_eval_params(self, method: str) -> list[dict[str, float]]:
+        """The evaluation-time settings a run of `method` evaluates by default: the cross product of
+        its lists in `eval_params` ([] for a method without any)."""
+        values = self.eval_params.get(normalize_method(method), {})
+        if not values:
+            return []
+        return [dict(zip(values, map(float, combo))) for combo in itertools.product(*values.values())]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -190,7 +250,18 @@ class Suite:
             "config_overrides": dict(self.config_overrides),
             "tasks": [dataclasses.asdict(t) for t in self.tasks],
             "methods": {d: {m: dict(v) for m, v in ms.items()} for d, ms in self.methods.items()},
+            "eval_params": {m: {k: list(v) for k, v in keys.items()} for m, keys in self.eval_params.items()},
         }
+
+
+def describe(settings: TaskSettings) -> str:
+    """`horizon 5, discount 0.99, sparse rewards, rho 0.5, dataset cube-single-play-v0`."""
+    dataset = f"{settings.shard_dir} (shards)" if settings.shard_dir else settings.dataset
+    rewards = "sparse" if settings.sparse else "dense"
+    return (
+        f"horizon {settings.horizon}, discount {settings.discount:g}, {rewards} rewards, "
+        f"rho {settings.rho:g}, dataset {dataset}"
+    )
 
 
 def _toml_suites() -> dict[str, Path]:

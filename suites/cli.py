@@ -1,4 +1,5 @@
-"""`flowarena suites [NAME] [--method M] [--json]`: list suites, or one suite's tasks and settings.
+"""`flowarena suites [NAME] [--method M] [--json]`: list suites, or one suite's tasks and settings;
+`flowarena suites --defaults`: the settings OGBench tasks outside a suite run with.
 
 The harness CLI calls `register(subparsers)`; a SuiteError from here becomes exit code 2 there.
 """
@@ -10,6 +11,7 @@ import json
 from typing import Any
 
 import suites
+from suites import defaults
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,11 +23,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name", nargs="?", help="suite name or path of a .toml suite file")
     p.add_argument("--method", help="also show this method's per-domain hyperparameters for each task")
+    p.add_argument(
+        "--defaults",
+        action="store_true",
+        help="the settings of OGBench tasks that no suite lists (any state-based OGBench single task runs)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "defaults", False):
+        if args.name is not None or args.method:
+            raise suites.SuiteError("--defaults takes no suite NAME and no --method")
+        rows = _default_rows()
+        print(json.dumps(rows, indent=2) if args.json else _format_defaults(rows))
+        return 0
     if args.name is None:
         if args.method:
             raise suites.SuiteError("--method needs a suite NAME")
@@ -94,5 +107,47 @@ def _format_suite(suite: suites.Suite, method: str | None) -> str:
         f"config overrides (every method): {_format_mapping(suite.config_overrides)}",
         "",
         _table(header, rows),
+    ]
+    return "\n".join(lines)
+
+
+def _default_rows() -> list[dict[str, Any]]:
+    return [
+        {
+            "domain": d,
+            "kind": defaults.kind_of(d),
+            **defaults.default_settings(d),
+            "tasks": defaults.task_names(d),
+        }
+        for d in defaults.DATASETS
+    ]
+
+
+def _format_defaults(rows: list[dict[str, Any]]) -> str:
+    body = []
+    for r in rows:
+        dataset = f"{r['shard_dir']} (shards)" if r["shard_dir"] else r["dataset"]
+        sparse = "yes" if r["sparse"] else "no"
+        body.append(
+            [
+                r["domain"],
+                r["kind"],
+                str(r["horizon"]),
+                f"{r['discount']:g}",
+                sparse,
+                f"{r['rho']:g}",
+                dataset,
+            ]
+        )
+    header = ["domain", "kind", "horizon", "discount", "sparse", "rho", "dataset"]
+    lines = [
+        "Any task '<domain>-singletask-v0' or '<domain>-singletask-task<N>-v0' (N = 1..5) of a domain below",
+        "runs under every suite. A suite that has the domain gives its own settings and per-domain",
+        "hyperparameters; otherwise the task runs with these defaults (the shared protocol's rules: chunks",
+        "of 5 on manipulation and 1 on locomotion, discount 0.995 on humanoidmaze and giant mazes, sparse",
+        "rewards on puzzle and scene, rho 0 on humanoidmaze), each method's default hyperparameters, and",
+        "the suite's budgets and config overrides. `flowarena run` prints a note saying which it used.",
+        "",
+        _table(header, body),
     ]
     return "\n".join(lines)

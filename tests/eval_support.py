@@ -1,5 +1,5 @@
 """A cheap environment and policies for the evaluation tests; importable by the worker processes
-that harness.envs.WorkerEnvs spawns (the tests directory is on their sys.path)."""
+that harness.run.envs.WorkerEnvs spawns (the tests directory is on their sys.path)."""
 
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def records_of(path: Path, kind: str = "evals") -> pd.DataFrame:
 
 
 def attempts(path: Path) -> list[str]:
-    """The attempt headers that harness.launch writes into a run's log."""
+    """The attempt headers that harness.sweep.job writes into a run's log."""
     log = path / "run.log"
     return [line for line in log.read_text().splitlines() if line.startswith("==== ")] if log.exists() else []
 

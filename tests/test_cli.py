@@ -145,7 +145,7 @@ def test_datagen_command_is_deterministic_and_ogbench_readable(tmp_path):
 
 
 def test_demo_names_variants_that_share_a_config(tmp_path):
-    from harness.cli import same_config_notes
+    from harness.demo import same_config_notes
 
     def write(variant: str, method: str, config: dict) -> None:
         run_dir = tmp_path / variant / TASK / "seed0"

@@ -12,7 +12,7 @@ import pytest
 from conftest import TASK, run_args
 
 from harness.cli import main
-from harness.reevaluate import evaluate_checkpoint
+from harness.run.reevaluate import evaluate_checkpoint
 
 RUN_DIR = Path("default/qgf") / TASK / "seed0"
 LABELS = ["guidance_weight=0.004", "guidance_weight=0.01", "guidance_weight=0.04"]

@@ -5,7 +5,7 @@ import torch
 
 from algorithms import registry
 from algorithms.base import EnvSpec
-from harness.data import ReplayBuffer
+from harness.run.data import ReplayBuffer
 
 BEST_ACTION = np.array([0.5, -0.3], dtype=np.float32)
 

@@ -12,7 +12,7 @@ import pytest
 from support_methods import builtin_methods
 from test_qam_runs import records, run_dir
 
-from harness import train
+from harness.run import train
 
 COVERED_ELSEWHERE = {"qam", "qam-fql", "qam-edit", "fbrac", "fql", "qgf"}
 METHODS = [m for m in builtin_methods() if m not in COVERED_ELSEWHERE]

@@ -20,11 +20,11 @@ from conftest import TASK, run_args
 
 from algorithms import registry
 from algorithms.base import Agent, BaseConfig, EnvSpec
-from harness import online, train
 from harness.cli import main
-from harness.data import ReplayBuffer
 from harness.errors import UserError
-from harness.online import Explorer, reset_seed
+from harness.run import online, train
+from harness.run.data import ReplayBuffer
+from harness.run.online import Explorer, reset_seed
 from suites.smoke import TINY
 
 RUN_DIR = Path("default/fql") / TASK / "seed0"

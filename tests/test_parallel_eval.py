@@ -14,8 +14,8 @@ from eval_support import CoinEnv, NoisyPolicy, SeedPolicy, coin_env
 
 from algorithms import registry
 from algorithms.base import EnvSpec
-from harness.envs import LocalEnvs, WorkerEnvs, make_env, make_eval_envs
-from harness.evaluate import default_eval_envs, episode_seeds, evaluate, run_episodes
+from harness.run.envs import LocalEnvs, WorkerEnvs, make_env, make_eval_envs
+from harness.run.evaluate import default_eval_envs, episode_seeds, evaluate, run_episodes
 from suites.smoke import TINY
 
 SEEDS = episode_seeds(0, 0, 2, n=400)

@@ -10,8 +10,8 @@ import pytest
 from conftest import TASK
 
 from algorithms import registry
-from harness import train
 from harness.cli import main
+from harness.run import train
 
 # cube-double's row of the per-domain table turns both QAM variants off (edit_scale 0, fql_alpha 0),
 # so the variants are switched on here with values from other rows.
@@ -73,9 +73,9 @@ def test_run_finishes_and_a_stopped_run_resumes_identically(flowarena, tmp_path,
 
 def test_demo_lists_the_four_methods(dataset_dir, tmp_path, capsys):
     assert {"qam", "qam-fql", "qam-edit", "fbrac"} <= set(registry.names())  # the demo's default list
-    args = ["demo", "--methods", "qam,qam-fql,qam-edit,fbrac", "--steps", "4", "--eval-episodes", "1"]
-    args += ["--dataset-dir", str(dataset_dir), "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
-    assert main(args) == 0
+    args = ["demo", "--quick", "--methods", "qam,qam-fql,qam-edit,fbrac", "--steps", "4", "--device", "cpu"]
+    args += ["--eval-episodes", "1", "--dataset-dir", str(dataset_dir), "--out", str(tmp_path)]
+    assert main([*args, "--no-progress"]) == 0
     table = capsys.readouterr().out
     for method in ("qam", "qam-fql", "qam-edit", "fbrac"):
         assert any(line.split()[:1] == [method] for line in table.splitlines()), table

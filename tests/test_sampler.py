@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import ReplayBuffer
+from harness.run.data import ReplayBuffer
 
 HORIZON = 4
 DISCOUNT = 0.9

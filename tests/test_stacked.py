@@ -12,8 +12,8 @@ from test_fql import bandit_buffer
 
 from algorithms import registry
 from algorithms.base import Batch, EnvSpec, GeneratorStack, Metrics, slice_agent_state, stack_agent_states
-from harness.data import ReplayBuffer
-from harness.train import DivergenceTracker
+from harness.run.data import ReplayBuffer
+from harness.run.members import DivergenceTracker
 from suites.smoke import TINY
 
 SPEC = EnvSpec(2, 2, horizon=1)

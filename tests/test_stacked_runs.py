@@ -19,10 +19,10 @@ from plugin_method import FlowBC
 
 from algorithms import registry
 from algorithms.base import EnvSpec
-from harness import train
 from harness.cli import main
-from harness.records import EVAL_COLUMNS
-from harness.train import NEXT_CHECKPOINT, resolve_pending_checkpoints
+from harness.run import train
+from harness.run.checkpoint import NEXT_CHECKPOINT, resolve_pending_checkpoints
+from harness.run.records import EVAL_COLUMNS
 
 VARIANT_DIR = Path("default/fql") / TASK
 
@@ -74,7 +74,7 @@ def test_every_seed_has_a_lone_runs_records(stacked_run):
 
 
 def test_a_stacked_seed_can_be_evaluated_alone(stacked_run):
-    from harness.reevaluate import evaluate_checkpoint
+    from harness.run.reevaluate import evaluate_checkpoint
 
     rows = evaluate_checkpoint(stacked_run / VARIANT_DIR / "seed1", [{}], device="cpu")
     assert rows[0]["step"] == 30 and rows[0]["seed"] == 1 and rows[0]["n_episodes"] == 2
@@ -119,7 +119,7 @@ def test_killed_group_resumes_with_the_same_records(dataset_dir, tmp_path):
 
 
 def test_stopped_group_in_the_online_phase_resumes_with_the_same_records(dataset_dir, tmp_path, monkeypatch):
-    from harness.online import ExplorerGroup
+    from harness.run.online import ExplorerGroup
 
     flags = dict(steps=6, online_steps=14, online_warmup_steps=3, eval_interval=10, eval_episodes=1)
     assert main(stacked_args(dataset_dir, tmp_path / "whole", checkpoint_interval=10, **flags)) == 0

@@ -14,20 +14,24 @@ import pandas as pd
 import pytest
 import sweep_support  # noqa: F401  (imports submitit early; see there)
 
-from harness import records, sweep
 from harness.cli import build_parser, main
 from harness.errors import UserError
-from harness.launch import slurm_parameters
-from harness.train import resolve
+from harness.run import records
+from harness.run.spec import resolve
+from harness.sweep.cli import spec_from_args
+from harness.sweep.files import HEARTBEAT_NAME, LOG_NAME
+from harness.sweep.launch import slurm_parameters
+from harness.sweep.options import parse_time
+from harness.sweep.plan import Plan, PlannedRun, describe_plan, make_plan, write_sweep_file
 from suites.ogbench import PAPER_TABLE
 
 CUBE = "cube-double-play-singletask-task1-v0"
 PUZZLE = "puzzle-3x3-play-singletask-task1-v0"
 
 
-def plan_of(*argv: str) -> sweep.Plan:
+def plan_of(*argv: str) -> Plan:
     args = build_parser().parse_args(["sweep", *argv])
-    return sweep.make_plan(sweep.spec_from_args(args))
+    return make_plan(spec_from_args(args))
 
 
 def test_set_and_grid_name_one_variant_per_value_on_every_task(tmp_path):
@@ -125,7 +129,7 @@ def test_dry_run_prints_runs_jobs_and_gpu_hours_and_writes_nothing(tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
-def _fake_run(run: sweep.PlannedRun, state: str, **fields) -> records.RunDir:
+def _fake_run(run: PlannedRun, state: str, **fields) -> records.RunDir:
     run_dir = records.RunDir(run.run_dir)
     run_dir.write_spec(resolve(run.spec).record_spec())
     run_dir.write_status(state, **fields)
@@ -197,7 +201,7 @@ def test_no_name_and_bad_toml_are_user_errors(tmp_path, capsys):
     [("90", 90), ("4:00:00", 240), ("1-00:00:00", 1440), ("2-3", 3060), ("30:30", 31), ("0:00:30", 1)],
 )
 def test_slurm_time_limits(text, minutes):
-    assert sweep.parse_time(text) == minutes
+    assert parse_time(text) == minutes
 
 
 def _dead_pid() -> int:
@@ -227,8 +231,8 @@ def _status_sweep(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     for name, status in statuses.items():
         dirs[name].mkdir(parents=True)
         records.write_json(dirs[name] / "status.json", {"updated_at": time.time(), **status})
-    (dirs["failed"] / sweep.LOG_NAME).write_text("Traceback ...\nRuntimeError: boom\n")
-    (dirs["running"] / sweep.HEARTBEAT_NAME).touch()  # its heartbeat is fresh
+    (dirs["failed"] / LOG_NAME).write_text("Traceback ...\nRuntimeError: boom\n")
+    (dirs["running"] / HEARTBEAT_NAME).touch()  # its heartbeat is fresh
     return sweep_dir, dirs
 
 
@@ -296,8 +300,8 @@ def test_collect_merges_sorted_rows_atomically_and_idempotently(tmp_path, capsys
 
 def test_sweep_file_lists_the_runs_of_every_invocation(tmp_path):
     argv = ["--name", "grow", "--suite", "smoke", "--methods", "fql", "--tasks", CUBE, "--out", str(tmp_path)]
-    sweep.write_sweep_file(plan_of(*argv, "--seeds", "0,1"))
-    path = sweep.write_sweep_file(plan_of(*argv, "--seeds", "1-2"))
+    write_sweep_file(plan_of(*argv, "--seeds", "0,1"))
+    path = write_sweep_file(plan_of(*argv, "--seeds", "1-2"))
     saved = json.loads(path.read_text())
     assert [(run["seed"], run["run_dir"]) for run in saved["runs"]] == [
         (seed, f"fql/{CUBE}/seed{seed}") for seed in (1, 2, 0)
@@ -307,7 +311,7 @@ def test_sweep_file_lists_the_runs_of_every_invocation(tmp_path):
 
 
 def test_packed_runs_are_spread_over_the_jobs_gpus(monkeypatch):
-    from harness.launch import PackJob
+    from harness.sweep.job import PackJob
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     job = PackJob(threads=1, runs_per_gpu=2)
@@ -324,7 +328,7 @@ def test_seeds_per_process_packs_seeds_of_one_variant_and_task(tmp_path):
     units = [[(run.variant, run.seed) for run in unit] for unit in plan.units()]
     assert units == [[("qam", 0), ("qam", 1)], [("qam", 2)], [("fql", 0), ("fql", 1)], [("fql", 2)]]
     assert [len(pack) for pack in plan.packs()] == [3, 1]  # processes per job
-    text = sweep.describe_plan(plan)
+    text = describe_plan(plan)
     assert "of up to 3 process(es)" in text and "6 run(s) in 4 process(es)" in text
     with pytest.raises(UserError, match="--seeds-per-process must be an integer >= 1"):
         plan_of("--name", "bad", "--suite", "smoke", "--methods", "qam", "--seeds-per-process", "0")

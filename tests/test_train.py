@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import TASK, run_args
 
-from harness.records import EVAL_COLUMNS
+from harness.run.records import EVAL_COLUMNS
 
 RUN_DIR = Path("default/fql") / TASK / "seed0"
 
@@ -99,7 +99,7 @@ def test_device_flag(flowarena, tmp_path, device):
 
 
 def test_stop_request_checkpoints_and_the_rerun_completes_identically(flowarena, tmp_path):
-    from harness import train
+    from harness.run import train
 
     assert flowarena(tmp_path / "whole", steps=20) == 0
     train.request_stop()  # as a preemption signal handler would

@@ -5,7 +5,7 @@ Loading: `ogbench.load_dataset` then `ogbench.relabel_utils.relabel_dataset` (re
 of the fixed task), exactly what `ogbench.make_env_and_datasets` does for a single-task name,
 without requiring the -val file. Sparse rewards (puzzle, scene): r' = -1 if r != 0 else 0.
 Dataset actions are clipped to +-(1 - 1e-5). 100M datasets are directories of .npz shards
-(sorted, -val files excluded); training rotates to the next shard every 1000 updates.
+(sorted, -val files excluded), rotated by harness/run/shards.py.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import numpy as np
 import torch
 
 from algorithms.base import Batch, GeneratorStack
-from harness.envs import make_env as make_env  # re-exported: the harness's one way to make an env
 from harness.errors import DataError, UserError
+from harness.run.envs import make_env as make_env  # re-exported: the harness's one way to make an env
 
 ACTION_CLIP = 1 - 1e-5
-SHARD_ROTATION_STEPS = 1000
 FIELDS = ("observations", "actions", "rewards", "masks", "terminals", "next_observations")
 
 
@@ -371,23 +370,3 @@ class BufferMember:
 
     def load_state_dict(self, state: Mapping) -> None:
         self.generator.set_state(state["generator"])
-
-
-class OfflineData:
-    """The offline dataset of a task: one file, or 100M shards rotated every 1000 updates."""
-
-    def __init__(
-        self, task: str, dataset_dir: str | Path | None, env, *, sparse: bool, shard_dir: str | None = None
-    ) -> None:
-        self.task, self.env, self.sparse = task, env, sparse
-        self.files = dataset_files(task, dataset_dir, shard_dir)
-        self.sharded = shard_dir is not None
-        self.current = -1
-
-    def shard_for_step(self, step: int) -> int:
-        """Index of the shard that update `step` (1-based) trains on."""
-        return (step // SHARD_ROTATION_STEPS) % len(self.files) if self.sharded else 0
-
-    def load(self, index: int = 0) -> dict[str, np.ndarray]:
-        self.current = index
-        return load_transitions(self.files[index], self.task, self.env, sparse=self.sparse)

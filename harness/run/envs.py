@@ -4,7 +4,7 @@ Both kinds hold a fixed list of environment slots and answer two batched request
 slots with given seeds, and execute an action chunk on some slots (open loop, cut short at the
 episode's end). A chunk's outcome is the same wherever it runs (MuJoCo is deterministic on one
 machine), so the kind and the number of workers never change an evaluation's numbers; only the
-number of slots does (harness/evaluate.py explains why).
+number of slots does (harness/run/evaluate.py explains why).
 
 This module does not import torch: worker processes start without it.
 """

@@ -12,7 +12,7 @@ the acting noise comes from the agent's acting generator, so an evaluation is de
 a fixed number of slots, and its episodes are distributed exactly as one-at-a-time episodes
 (each gets fresh noise for every chunk); changing `n` changes which noise an episode gets, so the
 number of slots belongs to a run's identity (Budget.eval_envs). Where the slots are stepped, in
-this process or in worker processes (harness/envs.py), never changes the numbers.
+this process or in worker processes (harness/run/envs.py), never changes the numbers.
 
 Stacked seeds: with an agent of S stacked seeds, member m owns slots [m n, (m + 1) n) and its
 own episode seeds; one call acts for every member, observations shaped (S, n, obs), so each
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from algorithms.base import Agent
-from harness.envs import LocalEnvs, SlotView, WorkerEnvs
+from harness.run.envs import LocalEnvs, SlotView, WorkerEnvs
 
 DEFAULT_EVAL_ENVS = 10  # environment slots per evaluation (at most the number of episodes); an
 # OGBench manipulation environment holds about 150 MB, so this is also a memory budget

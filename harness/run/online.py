@@ -6,7 +6,9 @@ generator of its own) and the whole chunk is executed open loop, one buffer tran
 environment step: reward sparsified as the dataset's (r' = -1 if r != 0 else 0 on sparse
 tasks), terminal = terminated or truncated, mask = 1 - terminated. At an episode end the rest of
 the chunk is dropped and the environment is reset with a seed derived from the run seed and the
-episode index. The environment is a separate instance from the evaluation environment.
+episode index. The environment is a separate instance from the evaluation environment. With
+balanced sampling the warm-up steps before the first update act uniformly at random instead, one
+action per step from the same generator (`random_steps`, as the RLPD reference).
 
 Resume: `Explorer.state_dict` holds the online transitions (compactly, see
 `ReplayBuffer.online_part`), the exploration generator, the episode index, where the current
@@ -27,9 +29,9 @@ import numpy as np
 import torch
 
 from algorithms.base import Agent, GeneratorStack
-from harness.data import BufferMember, ReplayBuffer
 from harness.errors import UserError
-from harness.evaluate import derive_seed
+from harness.run.data import BufferMember, ReplayBuffer
+from harness.run.evaluate import derive_seed
 
 RESET_KEY = 3  # evaluation uses 1 (acting noise) and 2 (episode seeds) in its seed keys
 EXPLORATION_KEY = 4
@@ -59,9 +61,13 @@ class Explorer:
         seed: int,
         sparse: bool,
         eval_params: Mapping[str, float] | None = None,
+        random_steps: int = 0,
     ) -> None:
         self.env, self.agent, self.buffer = env, agent, buffer
         self.seed, self.sparse = seed, sparse
+        # online steps before this one act uniformly at random, one action at a time (balanced
+        # sampling's warm-up, harness/run/balanced.py); the agent acts from this step on
+        self.random_steps = random_steps
         self.eval_params = dict(eval_params or {})
         self.generator = torch.Generator(agent.device).manual_seed(derive_seed(seed, EXPLORATION_KEY))
         self.episode = 0  # index of the running episode = episodes finished so far
@@ -83,12 +89,23 @@ class Explorer:
         """One environment step (asking the policy for a chunk when the last one is used up);
         `start` or `load_state_dict` comes first."""
         if not self.queue:
-            self.queue = list(self.act())
+            self.queue = list(self.random_chunk() if self.acts_randomly else self.act())
         self.execute()
 
     @property
     def needs_chunk(self) -> bool:
         return not self.queue
+
+    @property
+    def acts_randomly(self) -> bool:
+        """Whether the next step is a random warm-up step (online step < `random_steps`)."""
+        return self.buffer.size - self.buffer.offline_size + 1 < self.random_steps
+
+    def random_chunk(self) -> np.ndarray:
+        """One action (1, action_dim) uniform in [-1, 1), from the exploration generator."""
+        shape = (1, self.agent.spec.action_dim)
+        action = torch.rand(shape, generator=self.generator, device=self.generator.device) * 2 - 1
+        return action.cpu().numpy()
 
     def execute(self) -> None:
         """One environment step with the next action of the current chunk."""
@@ -212,6 +229,9 @@ class ExplorerGroup:
 
     def step(self) -> None:
         needing = [i for i, explorer in enumerate(self.explorers) if explorer.needs_chunk]
+        for i in [i for i in needing if self.explorers[i].acts_randomly]:
+            self.explorers[i].set_chunk(self.explorers[i].random_chunk())
+        needing = [i for i in needing if self.explorers[i].needs_chunk]
         if needing:
             chunks = self.act(needing)
             for i in needing:

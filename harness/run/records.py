@@ -27,6 +27,9 @@ from harness.errors import UserError
 
 STATES = ("pending", "running", "done", "failed", "diverged")
 FINAL_STATES = ("done", "diverged")
+# status.json fields that hold only until the next write that does not repeat them: an error is
+# cleared by a retry, the heartbeat's `activity` (harness/run/heartbeat.py) by any other write
+TRANSIENT_STATUS = ("error", "metric", "traceback", "activity")
 EVAL_COLUMNS = [
     "sweep",
     "method",
@@ -138,6 +141,9 @@ class RunDir:
         self.evals_path = self.path / "evals.parquet"
         self.train_path = self.path / "train.parquet"
         self.ckpt_path = self.path / "ckpt.pt"
+        # harness/run/trackers.py's Trackers (attached by harness/run/train.py): sent every row
+        # written here, and told where the rows continue after a resume
+        self.trackers: Any = None
 
     def exists(self) -> bool:
         return self.spec_path.exists()
@@ -155,7 +161,7 @@ class RunDir:
 
     def write_status(self, state: str, **fields: Any) -> dict[str, Any]:
         assert state in STATES, state
-        status = {k: v for k, v in self.read_status().items() if k not in ("error", "metric", "traceback")}
+        status = {k: v for k, v in self.read_status().items() if k not in TRANSIENT_STATUS}
         now = time.time()
         status.update(state=state, updated_at=now, host=socket.gethostname(), pid=os.getpid(), **fields)
         status.setdefault("created_at", now)
@@ -177,10 +183,14 @@ class RunDir:
         old = self.read_rows(kind)
         frame = new if old.empty else pd.concat([old, new], ignore_index=True)
         write_parquet(path, frame)
+        if self.trackers is not None:
+            self.trackers.log_rows(kind, rows)
 
     def truncate_rows(self, after_step: int, kind: str) -> int:
         """Drop rows with step > after_step (left by a run killed after its last checkpoint).
         Returns how many rows were dropped."""
+        if self.trackers is not None:
+            self.trackers.rewind(after_step)
         frame = self.read_rows(kind)
         if frame.empty:
             return 0

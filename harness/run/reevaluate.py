@@ -20,21 +20,15 @@ import torch
 import suites
 from algorithms import registry
 from algorithms.base import Agent
-from harness import records
-from harness.data import make_env
-from harness.envs import make_eval_envs
 from harness.errors import UserError
-from harness.evaluate import default_eval_envs
 from harness.progress import progress_bar
-from harness.train import (
-    CHECKPOINT_FORMAT,
-    _check_eval_params,
-    env_spec_of,
-    eval_rows,
-    eval_setting,
-    evaluate_grid,
-    pick_device,
-)
+from harness.run import records
+from harness.run.checkpoint import CHECKPOINT_FORMAT
+from harness.run.envs import make_env, make_eval_envs
+from harness.run.evaluate import default_eval_envs
+from harness.run.grid import eval_rows, evaluate_grid
+from harness.run.spec import check_eval_params, eval_setting
+from harness.run.trainer import env_spec_of, pick_device
 
 
 @dataclass
@@ -157,7 +151,7 @@ def load_run(path: str | Path, grid: list[dict[str, float]], *, device: str = "a
     method = registry.get(spec["method"])
     if not grid:
         raise UserError("give at least one --eval-param KEY=V1,V2,... to evaluate")
-    _check_eval_params(method, grid)
+    check_eval_params(method, grid)
     state = run_dir.read_status().get("state")
     if state in ("pending", "running"):
         raise UserError(

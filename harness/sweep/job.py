@@ -1,8 +1,8 @@
-"""Executors: the runs of a sweep in submitit jobs, on this machine or on Slurm.
+"""A sweep job's process and its runs' child processes (submitted by harness/sweep/launch.py).
 
 A job holds a pack of runs (one locally; `--runs-per-gpu K` per GPU on Slurm). Its process,
-`PackJob`, starts one child process per run, `python -m harness.launch RUN_JSON`, which calls
-`harness.train.run` with stdout and stderr appended to `<run_dir>/run.log`, and waits for them. The
+`PackJob`, starts one child process per run, `python -m harness.sweep.job RUN_JSON`, which
+calls `harness.run.train.run` with stdout and stderr appended to `<run_dir>/run.log`, and waits for them. The
 runs of a pack train in parallel and each resumes on its own.
 
 Stopping. A child turns SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 into `train.request_stop()`: the
@@ -15,19 +15,14 @@ the job:
   never runs in the job process, so the signal handler may block while the runs save.
 - `scontrol requeue`, preemption by requeue, `scancel`: SIGTERM; the children save and exit before
   Slurm's SIGKILL when they can. Killed harder, a run loses what followed its last checkpoint: its
-  next attempt drops rows past the checkpoint and recomputes them (train.py), so no row is lost or
-  duplicated.
+  next attempt drops rows past the checkpoint and recomputes them (harness/run/checkpoint.py),
+  so no row is lost or duplicated.
 A requeued pack skips its runs that are done or diverged and resumes the others.
 
 Safety. A child holds an exclusive lock on `<run_dir>/.lock` while it trains, so a run submitted
 twice (a sweep rerun while its old jobs still run) never has two writers; the second one waits
 LOCK_WAIT_S and then leaves the run alone. A child touches `<run_dir>/.heartbeat` every HEARTBEAT_S,
 so `flowarena status` can tell a silent run from a live one on another host.
-
-Local executor: submitit's LocalExecutor, which starts every job at once, so `LocalLauncher` keeps at
-most `--jobs` of them running and submits the next as one ends. Run state never comes from Slurm or
-submitit (no accounting here; a job killed without a result file would make `job.result()` hang):
-`SlurmLauncher.poll` asks only whether the jobs are still in the queue.
 """
 
 from __future__ import annotations
@@ -44,23 +39,21 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from harness import records
+from harness.args import quiet_library_warnings
 from harness.errors import UserError
-from harness.sweep import HEARTBEAT_NAME, JOBS_DIR, LOG_NAME
+from harness.run import records
+from harness.sweep.files import HEARTBEAT_NAME, LOG_NAME
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0
 LOCK_WAIT_S = 10.0
-SIGNAL_DELAY_S = 120  # Slurm warns (USR2) this long before the time limit
 STOP_WAIT_S = 90.0  # how long checkpoint() waits for the runs to save
 CHILD_POLL_S = 0.5
-LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs have a time limit; ours is "none"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_DONE, EXIT_FAILED, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_LOCKED, EXIT_PREEMPTED = 0, 1, 2, 3, 73, 75
 OUTCOMES = {
@@ -73,7 +66,6 @@ OUTCOMES = {
 }
 
 
-# --- the job process ---------------------------------------------------------------------------
 def run_payload(run: Any) -> dict[str, Any]:
     """What a job needs of a PlannedRun (plain JSON: the job process never imports torch)."""
     return {"run_dir": str(run.run_dir), "label": run.label, "spec": dataclasses.asdict(run.spec)}
@@ -81,7 +73,7 @@ def run_payload(run: Any) -> dict[str, Any]:
 
 def unit_payload(runs: list[Any]) -> dict[str, Any]:
     """What a job needs of the runs one process trains: one run, or seeds of one (variant, task)
-    stacked (harness.train.run_group). The first run's directory holds the process's log."""
+    stacked (harness.run.train.run_group). The first run's directory holds the process's log."""
     label = runs[0].label
     if len(runs) > 1:
         label = f"{runs[0].variant} {runs[0].task} seeds {','.join(str(run.seed) for run in runs)}"
@@ -159,7 +151,7 @@ class PackJob(submitit.helpers.Checkpointable):
             log.write(_attempt_header(unit["label"]))
             log.flush()
             return subprocess.Popen(
-                [sys.executable, "-m", "harness.launch", payload],
+                [sys.executable, "-m", "harness.sweep.job", payload],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -183,16 +175,14 @@ def _attempt_header(label: str) -> str:
     return f"\n==== {when} {label}: host {socket.gethostname()}, job {job}, restart {restart} ====\n"
 
 
-# --- the child process: one run ----------------------------------------------------------------
 def child_main(payload_json: str) -> int:
-    """Train one unit: a run, or stacked seeds (called as `python -m harness.launch UNIT_JSON`);
+    """Train one unit: a run, or stacked seeds (called as `python -m harness.sweep.job UNIT_JSON`);
     the exit code names the outcome."""
     payload = json.loads(payload_json)
     stop_early = threading.Event()
     for sig in STOP_SIGNALS:  # until training can be asked to stop, remember the request
         signal.signal(sig, lambda *_: stop_early.set())
-    from harness import train
-    from harness.cli import quiet_library_warnings
+    from harness.run import train
 
     quiet_library_warnings()
     for sig in STOP_SIGNALS:
@@ -216,10 +206,12 @@ def _train(train: Any, payload: dict[str, Any]) -> int:
         import torch
 
         torch.set_num_threads(payload["threads"])
+    from harness.run.spec import Budget, RunSpec
+
     specs = []
     for run in payload["runs"]:
         fields = dict(run["spec"])
-        specs.append(train.RunSpec(**{**fields, "budget": train.Budget(**fields["budget"])}))
+        specs.append(RunSpec(**{**fields, "budget": Budget(**fields["budget"])}))
     run_dirs = [records.RunDir(run["run_dir"]) for run in payload["runs"]]
     try:
         if len(specs) == 1:
@@ -299,156 +291,6 @@ def heartbeat(run_dir: Path):
     finally:
         done.set()
         thread.join(timeout=5)
-
-
-# --- launchers: submitting packs and knowing when they have ended -------------------------------
-class LocalLauncher:
-    """submitit's LocalExecutor, at most `jobs` jobs (one run each) at once."""
-
-    def __init__(self, folder: Path, options: Any) -> None:
-        self.executor = submitit.LocalExecutor(folder=folder / "local", max_num_timeout=options.max_requeues)
-        self.executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, signal_delay_s=SIGNAL_DELAY_S)
-        self.limit = options.jobs
-        self.job = PackJob(threads=max(1, _cpu_count() // options.jobs))
-        self.queue: deque[list[dict[str, Any]]] = deque()
-        self.active: list[submitit.Job] = []
-
-    def start(self, packs: list[list[list[Any]]]) -> None:
-        self.queue = deque([unit_payload(unit) for unit in pack] for pack in packs)
-        self._fill()
-
-    def poll(self) -> bool:
-        """Starts queued jobs as running ones end; False once all have ended."""
-        self.active = [job for job in self.active if not job.done()]
-        self._fill()
-        return bool(self.active)
-
-    def _fill(self) -> None:
-        while self.queue and len(self.active) < self.limit:
-            self.active.append(self.executor.submit(self.job, self.queue.popleft()))
-
-    def cancel(self) -> None:
-        """Ctrl-C: the jobs' runs checkpoint at their next step and stop; nothing new starts."""
-        self.queue.clear()
-        for job in self.active:
-            job.cancel(check=False)
-
-    def describe(self, runs: int) -> str:
-        return f"running {runs} run(s) here, at most {self.limit} at once; each logs to <run_dir>/{LOG_NAME}"
-
-    def job_records(self) -> list[dict[str, Any]]:
-        return []
-
-
-class SlurmLauncher:
-    """A Slurm job array through submitit's SlurmExecutor; its jobs outlive this process."""
-
-    def __init__(self, folder: Path, options: Any, name: str) -> None:
-        self.options = options
-        self.executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=options.max_requeues)
-        try:
-            self.executor.update_parameters(**slurm_parameters(options, name))
-        except ValueError as error:
-            raise UserError(f"bad Slurm option: {error}") from None
-        threads = max(1, options.cpus_per_job // options.runs_per_job)
-        self.job = PackJob(threads=threads, runs_per_gpu=options.runs_per_gpu)
-        self.jobs: list[submitit.Job] = []
-        self.packs: list[list[dict[str, Any]]] = []
-
-    def start(self, packs: list[list[list[Any]]]) -> None:
-        self.packs = [[unit_payload(unit) for unit in pack] for pack in packs]
-        try:
-            self.jobs = self.executor.map_array(self.job, self.packs)
-        except (
-            submitit.core.utils.UncompletedJobError,
-            submitit.core.utils.FailedSubmissionError,
-            OSError,
-        ) as error:
-            raise UserError(f"sbatch refused the job array: {str(error).strip()}") from None
-
-    def poll(self) -> bool:
-        return slurm_jobs_alive([job.job_id for job in self.jobs])
-
-    def cancel(self) -> None:
-        """Ctrl-C: the jobs keep running on the cluster; `flowarena status` follows them."""
-        ids = " ".join(sorted({job.job_id.split("_")[0] for job in self.jobs}))
-        print(f"the Slurm jobs keep running (scancel {ids} stops them)", file=sys.stderr)
-
-    def describe(self, runs: int) -> str:
-        array = self.jobs[0].job_id.split("_")[0] if self.jobs else "?"
-        return (
-            f"submitted Slurm job array {array}: {len(self.jobs)} job(s), {runs} run(s); run logs in "
-            f"<run_dir>/{LOG_NAME}, job logs in {self.executor.folder.parent}"
-        )
-
-    def job_records(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "job_id": job.job_id,
-                "runs": [run["label"] for unit in pack for run in unit["runs"]],
-                "submitted_at": time.time(),
-            }
-            for job, pack in zip(self.jobs, self.packs)
-        ]
-
-
-def slurm_parameters(options: Any, name: str) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters of the executor options."""
-    params: dict[str, Any] = {
-        "job_name": f"flowarena-{name}",
-        "time": options.timeout_min,
-        "cpus_per_task": options.cpus_per_job,
-        "signal_delay_s": SIGNAL_DELAY_S,
-        "stderr_to_stdout": True,
-    }
-    if options.gpus:
-        params["gpus_per_node"] = options.gpus
-    optional = {
-        "partition": options.partition,
-        "account": options.account,
-        "qos": options.qos,
-        "mem": options.mem,
-        "array_parallelism": options.array_parallelism,
-    }
-    params.update({k: v for k, v in optional.items() if v is not None})
-    if options.sbatch:
-        params["additional_parameters"] = dict(options.sbatch)
-    return params
-
-
-def slurm_jobs_alive(job_ids: list[str]) -> bool:
-    """Whether any of the jobs (array tasks included) is still in Slurm's queue: pending, running,
-    requeued or completing. When the controller cannot be asked, assume they are."""
-    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
-    if not arrays:
-        return False
-    try:
-        result = subprocess.run(
-            ["squeue", "--noheader", "--format=%i", f"--jobs={','.join(arrays)}"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return True
-    if result.returncode == 0:
-        return bool(result.stdout.strip())
-    return "Invalid job id" not in result.stderr
-
-
-def make_launcher(plan: Any) -> LocalLauncher | SlurmLauncher:
-    folder = plan.sweep_dir / JOBS_DIR
-    options = plan.spec.executor
-    if options.kind == "slurm":
-        return SlurmLauncher(folder, options, plan.spec.name)
-    return LocalLauncher(folder, options)
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

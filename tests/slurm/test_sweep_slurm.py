@@ -29,7 +29,7 @@ from sweep_support import (
 
 from algorithms import registry
 from harness.cli import main
-from harness.launch import slurm_jobs_alive
+from harness.sweep.launch import slurm_jobs_alive
 
 pytestmark = pytest.mark.slurm
 

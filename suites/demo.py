@@ -1,0 +1,40 @@
+"""The `demo` suite: what `flowarena demo` runs, a learning curve within minutes on a 2-core CPU.
+
+One task, cube-single task1 (pick the cube up and move it 20 cm), on play data that
+`flowarena datagen` makes here (DEMO_DATA), with cube-double's settings (action chunks of 5,
+discount 0.99, dense rewards, rho 0.5) and cube-double's per-method hyperparameters from the
+QAM paper's table (QAM inv_temp 1, FQL alpha 300, ...). Smaller networks than the paper's
+(2 x 256, 2 critics, batch 128) so that QAM and FQL both learn within the budget; the same
+sweep by hand:
+
+    flowarena datagen --env cube-single-v0 --episodes 100 --episode-length 200 --out data/demo
+    flowarena sweep --suite demo --methods qam,fql --jobs 2 --dataset-dir data/demo --name demo
+"""
+
+from __future__ import annotations
+
+from suites import Suite, make_tasks
+from suites.ogbench import DOMAINS, paper_methods
+
+DEMO_TASK = "cube-single-play-singletask-task1-v0"
+DEMO_DOMAIN = "cube-single-play"
+DEMO_METHODS = ("qam", "fql")
+# The dataset the demo generates: `flowarena datagen --env cube-single-v0` with these arguments.
+DEMO_DATA = {"env": "cube-single-v0", "episodes": 100, "episode_length": 200}
+DEMO_CONFIG = {"hidden_dims": (256, 256), "num_critics": 2, "batch_size": 128}
+DEMO_BUDGETS = {"offline_steps": 5000, "online_steps": 0, "eval_interval": 1000, "eval_episodes": 10}
+
+
+def demo_suite() -> Suite:
+    domains = {DEMO_DOMAIN: {**DOMAINS["cube-double-play"], "dataset": f"{DEMO_DOMAIN}-v0"}}
+    methods = {DEMO_DOMAIN: paper_methods(["cube-double-play"])["cube-double-play"]}
+    return Suite(
+        name="demo",
+        description="cube-single task1 on generated play data, small networks: `flowarena demo`",
+        tasks=make_tasks([DEMO_TASK], domains),
+        budgets=dict(DEMO_BUDGETS),
+        config_overrides=dict(DEMO_CONFIG),
+        methods=methods,
+        domains=domains,
+        seeds=1,
+    )

@@ -1,0 +1,39 @@
+"""`flowarena demo`: the demo suite's settings, and the learning-curve demo end to end at tiny
+settings (its own cube-single data, two evaluations, the PNG, the table). The `--quick` demo is
+tested in tests/test_qam_runs.py."""
+
+from __future__ import annotations
+
+import pandas as pd
+from matplotlib import image
+
+import suites
+from harness.cli import main
+from suites.demo import DEMO_TASK
+
+
+def test_the_demo_suite_runs_cube_single_with_cube_doubles_settings():
+    demo, ogbench = suites.get_suite("demo"), suites.get_suite("ogbench")
+    double = "cube-double-play-singletask-task1-v0"
+    settings = demo.task(DEMO_TASK)
+    assert (settings.horizon, settings.discount, settings.sparse, settings.rho) == (5, 0.99, False, 0.5)
+    assert settings.dataset == "cube-single-play-v0"
+    for method in ("qam", "fql", "qam-fql"):
+        assert demo.method_overrides(method, DEMO_TASK) == ogbench.method_overrides(method, double)
+    assert demo.method_overrides("fql", DEMO_TASK)["alpha"] == 300.0
+
+
+def test_demo_writes_a_learning_curve_png(tmp_path, capsys, one_thread):
+    data, out = tmp_path / "data", tmp_path / "results"
+    args = ["demo", "--methods", "fql", "--steps", "4", "--eval-interval", "2", "--eval-episodes", "1"]
+    args += ["--episodes", "2", "--episode-length", "30", "--jobs", "1", "--device", "cpu", "--no-progress"]
+    assert main([*args, "--dataset-dir", str(data), "--out", str(out)]) == 0
+    assert (data / "cube-single-play-v0.npz").exists()
+    printed = capsys.readouterr().out
+    png = out / "demo" / "learning_curves.png"
+    assert f"learning curves: {png}" in printed.splitlines()
+    pixels = image.imread(png)
+    assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100 and pixels.std() > 0  # an image, not blank
+    evals = pd.read_parquet(next((out / "demo").glob("fql/*/seed0/evals.parquet")))
+    assert evals["step"].tolist() == [2, 4] and set(evals["task"]) == {DEMO_TASK}
+    assert any(line.split()[:2] == ["fql", DEMO_TASK] for line in printed.splitlines()), printed
