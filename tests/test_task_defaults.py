@@ -101,7 +101,9 @@ def test_a_name_ogbench_does_not_know_is_one_error_with_the_closest(
     with pytest.raises(suites.SuiteError) as error:
         ogbench.settings_for(task)
     message = str(error.value)
-    assert "and not an OGBench task (did you mean '" in message and closest in message.split("did you mean")[1]
+    assert (
+        "and not an OGBench task (did you mean '" in message and closest in message.split("did you mean")[1]
+    )
     assert "`flowarena suites --defaults`" in message
 
 
