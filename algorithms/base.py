@@ -49,7 +49,7 @@ class EnvSpec:
 
 @dataclass
 class Batch:
-    """A batch of action chunks; leading dims (*stack, B). See DESIGN.md."""
+    """A batch of action chunks; leading dims (*stack, B). See docs/records.md."""
 
     observations: Tensor  # (*S, B, obs)
     actions: Tensor  # (*S, B, H, act)

@@ -1,5 +1,5 @@
-"""Flow-matching pieces shared by the flow methods (ALGORITHMS.md, "Flow basics"), and the generic
-parts of adjoint matching: the memoryless SDE forward pass and the lean adjoint (ALGORITHMS.md, "QAM")."""
+"""Flow-matching pieces shared by the flow methods (docs/methods/qam.md, "Flow basics"), and the generic
+parts of adjoint matching: the memoryless SDE forward pass and the lean adjoint (docs/methods/qam.md, "QAM")."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def sample_actions(velocity: VelocityField, obs: Tensor, noise: Tensor, steps: i
     return euler_ode(velocity, obs, noise, steps).clamp(-1.0, 1.0)
 
 
-# --- adjoint matching (ALGORITHMS.md, "QAM") ------------------------------------------------
+# --- adjoint matching (docs/methods/qam.md, "QAM") ------------------------------------------------
 # A velocity callable maps (x, t) to v(x, t) for one fixed batch of observations, e.g.
 # `lambda x, t: flow(obs, x, t)`; tests drive the functions below with analytic velocities.
 Velocity = Callable[[Tensor, float], Tensor]

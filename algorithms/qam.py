@@ -59,7 +59,7 @@ class QAMConfig(BaseConfig):
     batch_size: int = 256
 
 
-# Preset defaults, each a row of ALGORITHMS.md's per-domain table: QAM-FQL at cube-quadruple's
+# Preset defaults, each a row of the per-domain table (docs/methods/qam.md): QAM-FQL at cube-quadruple's
 # (inv_temp 0.3, fql_alpha 30), QAM-EDIT at the most common row (inv_temp 3, edit_scale 0.1).
 PRESETS = {
     "qam-fql": {"inv_temp": 0.3, "fql_alpha": 30.0},
@@ -175,7 +175,7 @@ class QAM(Agent):
         return loss, metrics
 
     def adjoint_matching(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Steps 1-4 of ALGORITHMS.md's QAM: the adjoint-matching loss (*S,), the only loss on v_f."""
+        """Steps 1-4 of QAM (docs/methods/qam.md): the adjoint-matching loss (*S,), the only loss on v_f."""
         config = self.config
         steps, chunk_dim = config.flow_steps, self.spec.chunk_dim
         base_net = self.target_base_flow if config.adjoint_targets else self.base_flow

@@ -9,7 +9,7 @@ Training has no RL term on the actor. Three networks learn side by side, each fr
     2. L_V   mean_B valid * |e - 1(u < 0)| u^2,  u = min_k Q'_k(s, a) - V(s),  e = expectile
              (Q' the Polyak targets of the Q networks)
     3. L_BC  flow matching of the behaviour flow v_b on x_t = (1 - t) x_0 + t x_1:
-             `bc_loss="shared"`: t ~ U[0, 1], valid-weighted, divided by B (ALGORITHMS.md);
+             `bc_loss="shared"`: t ~ U[0, 1], valid-weighted, divided by B (docs/methods/qam.md);
              `bc_loss="qgf"`: t uniform on {0, 1/N, ..., 1}, plain mean over batch and action dims
 
 Acting is where the critic enters: N Euler steps x <- x + (v_b(s, x, k/N) + w g) / N from

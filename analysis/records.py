@@ -76,7 +76,7 @@ def normalize_name(name: str) -> str:
 
 
 def load(sweep_dir: str | Path, *, published: bool = False) -> pd.DataFrame:
-    """One DataFrame of a sweep's eval records (schema of DESIGN.md plus `source` = "sweep").
+    """One DataFrame of a sweep's eval records (schema of docs/methods/qam.md plus `source` = "sweep").
 
     Reads `SWEEP/evals.parquet` when `flowarena collect` wrote it, else every run directory's
     `evals.parquet`; `df.attrs["loaded_from"]` says which. `run_table(df)` lists the runs the

@@ -5,7 +5,7 @@ locomotion (antmaze, humanoidmaze), sparse rewards on puzzle-3x3, puzzle-4x4 and
 (0.995 on antmaze-giant and humanoidmaze), ensemble pessimism rho 0.5 (0 on humanoidmaze), the
 100M-transition shard directories for puzzle-4x4 and cube-quadruple; 1M offline + 500K online steps,
 evaluation every 50K steps with 50 episodes, 12 seeds. Per-domain hyperparameters: PAPER_TABLE, the
-"Per-domain hyperparameters used in the QAM paper" table of ALGORITHMS.md. QGF runs under this
+per-domain table of the QAM paper (docs/methods/qam.md). QGF runs under this
 protocol with its class defaults; like every suite, both evaluate QGF for each of the QGF paper's
 guidance weights QGF_GUIDANCE_WEIGHTS (suites.DEFAULT_EVAL_PARAMS) unless a run gives --eval-param.
 """
@@ -46,7 +46,7 @@ def _domain(
     }
 
 
-# The shared protocol's per-domain settings (ALGORITHMS.md, "Shared protocol"), in the table's order.
+# The shared protocol's per-domain settings (docs/methods/qam.md, "Shared protocol"), in the table's order.
 DOMAINS: dict[str, dict[str, Any]] = {
     "puzzle-3x3-play": _domain("puzzle-3x3-play", horizon=5, sparse=True),
     "scene-play": _domain("scene-play", horizon=5, sparse=True),

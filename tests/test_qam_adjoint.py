@@ -1,4 +1,4 @@
-"""The adjoint-matching pieces of QAM against closed-form answers (ALGORITHMS.md, "QAM", steps 1-4)."""
+"""The adjoint-matching pieces of QAM against closed-form answers (docs/methods/qam.md, "QAM", steps 1-4)."""
 
 import math
 

@@ -19,7 +19,7 @@ from suites.smoke import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Copied from ALGORITHMS.md, "Per-domain hyperparameters used in the QAM paper".
+# Copied from docs/methods/qam.md, "Per-domain hyperparameters used in the QAM paper".
 PAPER_TABLE_MARKDOWN = """
 | domain (5 tasks each) | QAM inv_temp | QAM-EDIT inv_temp / edit_scale | QAM-FQL inv_temp / fql_alpha | FQL alpha | FBRAC alpha |
 |---|---|---|---|---|---|

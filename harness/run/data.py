@@ -1,5 +1,5 @@
 """OGBench data: loading single-task datasets through ogbench's own loader, and the chunked
-sequence sampler of DESIGN.md (vectorised torch, on the training device).
+sequence sampler of docs/methods/qam.md (vectorised torch, on the training device).
 
 Loading: `ogbench.load_dataset` then `ogbench.relabel_utils.relabel_dataset` (rewards and masks
 of the fixed task), exactly what `ogbench.make_env_and_datasets` does for a single-task name,

@@ -1,5 +1,5 @@
 """The online phase's acting: the agent drives its own environment and every executed action is
-stored in the replay buffer (ALGORITHMS.md, "Online phase").
+stored in the replay buffer (docs/methods/qam.md, "Online phase").
 
 The policy is asked for a chunk of H actions (fresh noise for every chunk, from an exploration
 generator of its own) and the whole chunk is executed open loop, one buffer transition per

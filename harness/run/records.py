@@ -1,4 +1,4 @@
-"""The run directory and its files (DESIGN.md, "Records").
+"""The run directory and its files (docs/records.md).
 
     <out>/<sweep>/<variant>/<task>/seed<k>/
       spec.json  status.json  evals.parquet  train.parquet  ckpt.pt
