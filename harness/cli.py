@@ -190,7 +190,12 @@ def cmd_datagen(args: argparse.Namespace) -> int:
     from harness.datagen import generate
 
     train_path, val_path = generate(
-        args.env, args.episodes, args.out, episode_length=args.episode_length, seed=args.seed
+        args.env,
+        args.episodes,
+        args.out,
+        episode_length=args.episode_length,
+        seed=args.seed,
+        workers=args.workers,
     )
     print(f"wrote {train_path} and {val_path}")
     return 0
@@ -205,6 +210,12 @@ def add_datagen_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--episode-length", type=int, default=1000, help="transitions per episode (OGBench: 1000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes collecting episodes at once (a file per seed and count)",
+    )
     p.set_defaults(func=cmd_datagen)
 
 

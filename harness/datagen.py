@@ -5,7 +5,8 @@ environment in data-collection mode, a plan oracle per target task (cube, button
 window), a new random target whenever the oracle finishes, per-episode stacking probabilities,
 and scene's health check. Files: `<out>/<domain>-play-v0.npz` and `-val.npz` with
 observations, actions, terminals, qpos, qvel (and button_states), loadable by
-`ogbench.make_env_and_datasets` unchanged. A fixed seed gives the same file.
+`ogbench.make_env_and_datasets` unchanged. A fixed seed gives the same file (for a fixed number
+of worker processes, `workers`, which collect blocks of episodes at once).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import zipfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,21 +151,44 @@ def generate(
     noise: float = 0.1,
     noise_smoothing: float = 0.5,
     val_episodes: int | None = None,
+    workers: int = 1,
     progress: bool = True,
 ) -> tuple[Path, Path]:
     """Generate `episodes` training episodes (and episodes // 10, at least 1, validation
-    episodes) of `episode_length` transitions each. Returns the train and val paths."""
-    import gymnasium
+    episodes) of `episode_length` transitions each. Returns the train and val paths.
 
+    `workers` > 1 processes collect contiguous blocks of the episodes at once: the first block
+    with `seed` (so it starts as the one-worker file does), block w with a seed derived from
+    (seed, w). A fixed (seed, workers) gives the same file."""
     _check_env_name(env_name)
-    if episodes < 1 or episode_length < 1:
-        raise UserError("datagen needs --episodes >= 1 and --episode-length >= 1")
+    if episodes < 1 or episode_length < 1 or workers < 1:
+        raise UserError("datagen needs --episodes >= 1, --episode-length >= 1 and --workers >= 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = dataset_name_for(env_name)
     train_path, val_path = out / f"{name}.npz", out / f"{name}-val.npz"
     n_val = max(1, episodes // 10) if val_episodes is None else val_episodes
 
+    n_total = episodes + n_val
+    blocks = [n_total // workers + (1 if w < n_total % workers else 0) for w in range(min(workers, n_total))]
+    settings = (env_name, episode_length, noise, noise_smoothing)
+    total = n_total * (episode_length + 1)
+    with progress_bar(total=total, desc=f"datagen {name}", unit="step", enabled=progress) as bar:
+        if len(blocks) == 1:
+            collected = _collect_block(settings, n_total, seed, bar)
+        else:
+            collected = _collect_in_workers(settings, blocks, seed, bar)
+    _save_npz(train_path, _to_arrays(collected[:episodes]))
+    _save_npz(val_path, _to_arrays(collected[episodes:]))
+    return train_path, val_path
+
+
+def _collect_block(settings: tuple, count: int, seed: int, bar: Any) -> list[dict]:
+    """`count` episodes from a fresh environment, numpy's global generator seeded with `seed`."""
+    import gymnasium
+    import ogbench  # noqa: F401  (registers the environments, also in a worker process)
+
+    env_name, episode_length, noise, noise_smoothing = settings
     # Each episode records episode_length + 1 observations; ogbench's loader turns them into
     # episode_length transitions.
     env = gymnasium.make(
@@ -172,18 +197,58 @@ def generate(
     oracles = _make_oracles(env, env_name, noise, noise_smoothing)
     np.random.seed(seed)  # the oracles' plan noise uses numpy's global generator
     collected = []
-    total = (episodes + n_val) * (episode_length + 1)
-    with progress_bar(total=total, desc=f"datagen {name}", unit="step", enabled=progress) as bar:
-        for index in range(episodes + n_val):
-            reset_seed = seed if index == 0 else None
-            while True:
-                episode = _collect_episode(env, oracles, env_name, reset_seed, bar)
-                reset_seed = None
-                if not env_name.startswith("scene") or _scene_episode_is_healthy(np.array(episode["qpos"])):
-                    break
-                bar.update(-len(episode["observations"]))
-            collected.append(episode)
+    for index in range(count):
+        reset_seed = seed if index == 0 else None
+        while True:
+            episode = _collect_episode(env, oracles, env_name, reset_seed, bar)
+            reset_seed = None
+            if not env_name.startswith("scene") or _scene_episode_is_healthy(np.array(episode["qpos"])):
+                break
+            bar.update(-len(episode["observations"]))
+        collected.append(episode)
     env.close()
-    _save_npz(train_path, _to_arrays(collected[:episodes]))
-    _save_npz(val_path, _to_arrays(collected[episodes:]))
-    return train_path, val_path
+    return collected
+
+
+def _block_seed(seed: int, block: int) -> int:
+    return seed if block == 0 else int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
+
+
+def _collect_in_workers(settings: tuple, blocks: list[int], seed: int, bar: Any) -> list[dict]:
+    """The blocks in one spawned process each, in block order; their steps count on `bar`."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    with ProcessPoolExecutor(
+        len(blocks), mp_context=context, initializer=_init_worker, initargs=(counter,)
+    ) as pool:
+        futures = [
+            pool.submit(_worker_block, settings, n, _block_seed(seed, w)) for w, n in enumerate(blocks)
+        ]
+        while wait(futures, timeout=1.0).not_done:
+            bar.update(counter.value - bar.n)
+        bar.update(counter.value - bar.n)
+        return [episode for future in futures for episode in future.result()]
+
+
+_STEPS: Any = None  # a worker process's handle on the parent's step counter
+
+
+def _init_worker(counter: Any) -> None:
+    global _STEPS
+    _STEPS = counter
+
+
+class _SharedSteps:
+    """A worker's stand-in for the progress bar: adds its steps to the parent's counter."""
+
+    def update(self, n: int = 1) -> None:
+        with _STEPS.get_lock():
+            _STEPS.value += n
+
+
+def _worker_block(settings: tuple, count: int, seed: int) -> list[dict]:
+    episodes = _collect_block(settings, count, seed, _SharedSteps())
+    return [{key: np.asarray(values) for key, values in episode.items()} for episode in episodes]

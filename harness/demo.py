@@ -37,7 +37,7 @@ def learning_demo(args: argparse.Namespace) -> int:
     from suites import demo
 
     started = time.monotonic()
-    seconds = {"dataset": _ensure_dataset(args, demo.DEMO_TASK, demo.DEMO_DATA, val_episodes=1)}
+    seconds = {"dataset": _ensure_dataset(args, demo.DEMO_TASK, demo.DEMO_DATA)}
     plan = _demo_plan(args)
     jobs = _jobs(args, len(plan.todo))
     print(
@@ -128,9 +128,7 @@ def quick_demo(args: argparse.Namespace) -> int:
     from harness.run.spec import Budget, RunSpec
     from harness.run.train import run
 
-    _ensure_dataset(
-        args, QUICK_TASK, {"episodes": QUICK["episodes"], "episode_length": QUICK["episode_length"]}, None
-    )
+    _ensure_dataset(args, QUICK_TASK, {key: QUICK[key] for key in ("episodes", "episode_length")})
     steps = args.steps or QUICK["steps"]
     budget = Budget(
         offline_steps=steps,
@@ -162,9 +160,10 @@ def _methods(args: argparse.Namespace, default: list[str]) -> list[str]:
     return [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else default
 
 
-def _ensure_dataset(args: argparse.Namespace, task: str, data: dict, val_episodes: int | None) -> float:
-    """Generates the task's play data in --dataset-dir unless it is there (`val_episodes`: None for
-    datagen's 10%; training never reads them); the seconds it took."""
+def _ensure_dataset(args: argparse.Namespace, task: str, data: dict) -> float:
+    """Generates the task's play data in --dataset-dir unless it is there, with `data`'s episodes,
+    episode_length, and optional workers and val_episodes (training never reads the validation
+    file); the seconds it took."""
     from harness.datagen import generate
     from harness.run.data import base_env_name, dataset_name
 
@@ -173,12 +172,22 @@ def _ensure_dataset(args: argparse.Namespace, task: str, data: dict, val_episode
         return 0.0
     episodes = args.episodes or data["episodes"]
     length = args.episode_length or data["episode_length"]
-    print(f"generating {episodes} episodes of {length} steps in {dataset_dir} (first run only)", flush=True)
+    print(
+        f"generating {episodes} episodes of {length} steps in {dataset_dir} with {data.get('workers', 1)} "
+        "process(es) (first run only)",
+        flush=True,
+    )
     tic = time.monotonic()
     generate(
-        base_env_name(task), episodes, dataset_dir, episode_length=length, seed=0, val_episodes=val_episodes,
+        base_env_name(task),
+        episodes,
+        dataset_dir,
+        episode_length=length,
+        seed=0,
+        val_episodes=data.get("val_episodes"),
+        workers=data.get("workers", 1),
         progress=not args.no_progress,
-    )  # fmt: skip
+    )
     return time.monotonic() - tic
 
 

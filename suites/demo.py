@@ -7,7 +7,7 @@ QAM paper's table (QAM inv_temp 1, FQL alpha 300, ...). Smaller networks than th
 (2 x 256, 2 critics, batch 128) so that QAM and FQL both learn within the budget; the same
 sweep by hand:
 
-    flowarena datagen --env cube-single-v0 --episodes 100 --episode-length 200 --out data/demo
+    flowarena datagen --env cube-single-v0 --episodes 100 --episode-length 200 --workers 2 --out data/demo
     flowarena sweep --suite demo --methods qam,fql --jobs 2 --dataset-dir data/demo --name demo
 """
 
@@ -20,7 +20,7 @@ DEMO_TASK = "cube-single-play-singletask-task1-v0"
 DEMO_DOMAIN = "cube-single-play"
 DEMO_METHODS = ("qam", "fql")
 # The dataset the demo generates: `flowarena datagen --env cube-single-v0` with these arguments.
-DEMO_DATA = {"env": "cube-single-v0", "episodes": 100, "episode_length": 200}
+DEMO_DATA = {"env": "cube-single-v0", "episodes": 100, "episode_length": 200, "workers": 2, "val_episodes": 1}
 DEMO_CONFIG = {"hidden_dims": (256, 256), "num_critics": 2, "batch_size": 128}
 DEMO_BUDGETS = {"offline_steps": 5000, "online_steps": 0, "eval_interval": 1000, "eval_episodes": 10}
 

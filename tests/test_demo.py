@@ -1,14 +1,16 @@
-"""`flowarena demo`: the demo suite's settings, and the learning-curve demo end to end at tiny
-settings (its own cube-single data, two evaluations, the PNG, the table). The `--quick` demo is
-tested in tests/test_qam_runs.py."""
+"""`flowarena demo`: the demo suite's settings, the parallel data generation it uses, and the
+learning-curve demo end to end at tiny settings (its own cube-single data, two evaluations, the
+PNG, the table). The `--quick` demo is tested in tests/test_qam_runs.py."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from matplotlib import image
 
 import suites
 from harness.cli import main
+from harness.datagen import generate
 from suites.demo import DEMO_TASK
 
 
@@ -37,3 +39,14 @@ def test_demo_writes_a_learning_curve_png(tmp_path, capsys, one_thread):
     evals = pd.read_parquet(next((out / "demo").glob("fql/*/seed0/evals.parquet")))
     assert evals["step"].tolist() == [2, 4] and set(evals["task"]) == {DEMO_TASK}
     assert any(line.split()[:2] == ["fql", DEMO_TASK] for line in printed.splitlines()), printed
+
+
+def test_datagen_workers_collect_seeded_blocks_of_episodes(tmp_path):
+    settings = {"episode_length": 20, "val_episodes": 1, "progress": False}
+    generate("cube-single-v0", 3, tmp_path / "one", **settings)
+    generate("cube-single-v0", 3, tmp_path / "two", workers=2, **settings)
+    one, two = (np.load(tmp_path / d / "cube-single-play-v0.npz") for d in ("one", "two"))
+    # 4 episodes of 21 recorded steps in blocks of 2: block 0 is the one-worker file's start
+    assert two["qpos"].shape == one["qpos"].shape == (3 * 21, one["qpos"].shape[1])
+    np.testing.assert_array_equal(two["qpos"][: 2 * 21], one["qpos"][: 2 * 21])
+    assert not np.allclose(two["qpos"][2 * 21 :], one["qpos"][2 * 21 :])
