@@ -1,4 +1,4 @@
-"""`flowarena demo`: learning curves of QAM and FQL within minutes on a 2-core CPU, or with
+"""`flowarena demo`: learning curves of QAM and FQL in about ten minutes on a 2-core CPU, or with
 `--quick` every registered method for a few hundred steps (a one-minute check, a table only).
 
 The default demo is the `demo` suite's sweep (suites/demo.py): cube-single play data made here
@@ -16,16 +16,21 @@ cube-double task1 under the smoke suite's tiny networks, records in OUT/demo-qui
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.progress import Progress, progress_bar
 
 QUICK_TASK = "cube-double-play-singletask-task1-v0"
 QUICK = {"steps": 300, "eval_episodes": 3, "episodes": 30, "episode_length": 200}
 PLOT_NAME = "learning_curves.png"
+STATUS_POLL_S = 5.0  # how often the step bar reads the runs' status.json
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -108,7 +113,45 @@ def _train(plan, jobs: int, *, progress: bool) -> int:
     from harness.sweep.launch import run_sweep
 
     plan.spec.executor.jobs = jobs
-    return run_sweep(plan, progress=progress)
+    with _step_bar(plan, enabled=progress):
+        return run_sweep(plan, progress=False)  # the step bar instead of the sweep's runs-finished bar
+
+
+@contextlib.contextmanager
+def _step_bar(plan, *, enabled: bool) -> Iterator[Progress]:
+    """One bar of the training steps of all the plan's runs, read from their status.json (the
+    runs' heartbeat) every few seconds while the worker processes train."""
+    total = plan.budget.offline_steps * len(plan.todo)
+    bar = progress_bar(total=total, desc="training (all runs)", unit="step", enabled=enabled)
+    stop = threading.Event()
+
+    def refresh() -> None:
+        steps = {run.variant: _status_step(run.run_dir) for run in plan.todo}
+        bar.set_postfix(steps, refresh=False)
+        bar.update(sum(steps.values()) - bar.n)
+
+    def watch() -> None:
+        while not stop.wait(STATUS_POLL_S):
+            refresh()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()
+        refresh()
+        bar.close()
+
+
+def _status_step(run_dir: Path) -> int:
+    from harness.run import records
+
+    try:
+        return int(records.RunDir(run_dir).read_status().get("step") or 0)
+    except (OSError, ValueError):  # not written yet
+        return 0
 
 
 def plot_demo(sweep_dir: Path) -> Path:
@@ -168,10 +211,12 @@ def _ensure_dataset(args: argparse.Namespace, task: str, data: dict) -> float:
     from harness.run.data import base_env_name, dataset_name
 
     dataset_dir = Path(args.dataset_dir)
-    if (dataset_dir / f"{dataset_name(task)}.npz").exists():
-        return 0.0
+    path = dataset_dir / f"{dataset_name(task)}.npz"
     episodes = args.episodes or data["episodes"]
     length = args.episode_length or data["episode_length"]
+    if path.exists():
+        _say_which_dataset(path, wanted=episodes * (length + 1))
+        return 0.0
     print(
         f"generating {episodes} episodes of {length} steps in {dataset_dir} with {data.get('workers', 1)} "
         "process(es) (first run only)",
@@ -189,6 +234,26 @@ def _ensure_dataset(args: argparse.Namespace, task: str, data: dict) -> float:
         progress=not args.no_progress,
     )
     return time.monotonic() - tic
+
+
+def _say_which_dataset(path: Path, *, wanted: int) -> None:
+    """One line when the demo reuses a dataset of another size than it would generate (an earlier
+    demo's, or one made with other --episodes): the curves depend on it."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path) as arrays:
+            transitions = len(arrays["terminals"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return  # the run's loader says what is wrong with the file
+    if transitions != wanted:
+        print(
+            f"using the {transitions} transitions already in {path} (the demo would generate {wanted}; "
+            "delete the file to regenerate)",
+            flush=True,
+        )
 
 
 def demo_table(sweep_dir: Path) -> str:
@@ -239,7 +304,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget = demo.DEMO_BUDGETS
     p = sub.add_parser(
         "demo",
-        help="QAM and FQL learning cube-single on generated data: a learning-curve PNG in minutes "
+        help="QAM and FQL learning cube-single on generated data: a learning-curve PNG in about ten minutes "
         "(--quick: every method briefly, a table)",
         description=f"Generate cube-single play data (first run only), train {' and '.join(demo.DEMO_METHODS)} "
         f"on {demo.DEMO_TASK} with the demo suite's small networks, plot success per step to "

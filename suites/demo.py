@@ -1,13 +1,15 @@
-"""The `demo` suite: what `flowarena demo` runs, a learning curve within minutes on a 2-core CPU.
+"""The `demo` suite: what `flowarena demo` runs, learning curves of QAM and FQL in about ten minutes
+on a 2-core CPU.
 
-One task, cube-single task1 (pick the cube up and move it 20 cm), on play data that
-`flowarena datagen` makes here (DEMO_DATA), with cube-double's settings (action chunks of 5,
-discount 0.99, dense rewards, rho 0.5) and cube-double's per-method hyperparameters from the
-QAM paper's table (QAM inv_temp 1, FQL alpha 300, ...). Smaller networks than the paper's
-(2 x 256, 2 critics, batch 128) so that QAM and FQL both learn within the budget; the same
-sweep by hand:
+One task, cube-single task1 (pick the cube up and move it 20 cm), on 50 episodes of 1000 steps of
+play data that `flowarena datagen` makes here (DEMO_DATA), with cube-double's settings (action
+chunks of 5, discount 0.99, dense rewards, rho 0.5) and cube-double's per-method hyperparameters
+from the QAM paper's table (QAM inv_temp 1, FQL alpha 300, ...). Much smaller than the paper's
+runs, to fit the ten minutes: 2 x 256 networks, 2 critics, batch 128, 5 flow steps, 6000 updates,
+20 evaluation episodes every 2000. Success stays low at this budget (a few episodes in 20, see the
+README's "The demo" for what was measured and what a longer run needs). The same sweep by hand:
 
-    flowarena datagen --env cube-single-v0 --episodes 100 --episode-length 200 --workers 2 --out data/demo
+    flowarena datagen --env cube-single-v0 --episodes 50 --episode-length 1000 --workers 2 --out data/demo
     flowarena sweep --suite demo --methods qam,fql --jobs 2 --dataset-dir data/demo --name demo
 """
 
@@ -20,9 +22,9 @@ DEMO_TASK = "cube-single-play-singletask-task1-v0"
 DEMO_DOMAIN = "cube-single-play"
 DEMO_METHODS = ("qam", "fql")
 # The dataset the demo generates: `flowarena datagen --env cube-single-v0` with these arguments.
-DEMO_DATA = {"env": "cube-single-v0", "episodes": 100, "episode_length": 200, "workers": 2, "val_episodes": 1}
-DEMO_CONFIG = {"hidden_dims": (256, 256), "num_critics": 2, "batch_size": 128}
-DEMO_BUDGETS = {"offline_steps": 5000, "online_steps": 0, "eval_interval": 1000, "eval_episodes": 10}
+DEMO_DATA = {"env": "cube-single-v0", "episodes": 50, "episode_length": 1000, "workers": 2, "val_episodes": 1}
+DEMO_CONFIG = {"hidden_dims": (256, 256), "num_critics": 2, "batch_size": 128, "flow_steps": 5}
+DEMO_BUDGETS = {"offline_steps": 6000, "online_steps": 0, "eval_interval": 2000, "eval_episodes": 20}
 
 
 def demo_suite() -> Suite:

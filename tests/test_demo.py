@@ -4,13 +4,19 @@ PNG, the table). The `--quick` demo is tested in tests/test_qam_runs.py."""
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 from matplotlib import image
 
+import analysis.progress
+import harness.demo
 import suites
 from harness.cli import main
 from harness.datagen import generate
+from harness.run.records import RunDir
 from suites.demo import DEMO_TASK
 
 
@@ -39,6 +45,11 @@ def test_demo_writes_a_learning_curve_png(tmp_path, capsys, one_thread):
     evals = pd.read_parquet(next((out / "demo").glob("fql/*/seed0/evals.parquet")))
     assert evals["step"].tolist() == [2, 4] and set(evals["task"]) == {DEMO_TASK}
     assert any(line.split()[:2] == ["fql", DEMO_TASK] for line in printed.splitlines()), printed
+    dataset = data / "cube-single-play-v0.npz"  # 2 episodes of 30 steps: 62 transitions
+    harness.demo._say_which_dataset(dataset, wanted=62)
+    assert capsys.readouterr().out == ""
+    harness.demo._say_which_dataset(dataset, wanted=100)
+    assert capsys.readouterr().out.startswith(f"using the 62 transitions already in {dataset}")
 
 
 def test_datagen_workers_collect_seeded_blocks_of_episodes(tmp_path):
@@ -50,3 +61,19 @@ def test_datagen_workers_collect_seeded_blocks_of_episodes(tmp_path):
     assert two["qpos"].shape == one["qpos"].shape == (3 * 21, one["qpos"].shape[1])
     np.testing.assert_array_equal(two["qpos"][: 2 * 21], one["qpos"][: 2 * 21])
     assert not np.allclose(two["qpos"][2 * 21 :], one["qpos"][2 * 21 :])
+
+
+def test_the_demo_step_bar_adds_up_the_runs_status_steps(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(harness.demo, "STATUS_POLL_S", 0.01)
+    monkeypatch.setattr(analysis.progress, "PLAIN_INTERVAL_S", 0.0)  # stderr is no terminal here
+    runs = [SimpleNamespace(variant=name, run_dir=tmp_path / name) for name in ("qam", "fql")]
+    plan = SimpleNamespace(budget=SimpleNamespace(offline_steps=100), todo=runs)
+    with harness.demo._step_bar(plan, enabled=True) as bar:
+        RunDir(runs[0].run_dir).write_status("running", step=30)
+        time.sleep(0.2)
+        assert bar.n == 30  # fql has no status.json yet: 0
+        RunDir(runs[1].run_dir).write_status("running", step=50)
+    assert bar.n == 80
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("training (all runs): 80/200 steps (40%)")
+    assert lines[-1].endswith("qam=30 fql=50")
