@@ -70,7 +70,9 @@ def test_the_demo_step_bar_adds_up_the_runs_status_steps(tmp_path, capsys, monke
     plan = SimpleNamespace(budget=SimpleNamespace(offline_steps=100), todo=runs)
     with harness.demo._step_bar(plan, enabled=True) as bar:
         RunDir(runs[0].run_dir).write_status("running", step=30)
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while bar.n != 30 and time.monotonic() < deadline:  # the watcher thread's next poll
+            time.sleep(0.01)
         assert bar.n == 30  # fql has no status.json yet: 0
         RunDir(runs[1].run_dir).write_status("running", step=50)
     assert bar.n == 80
