@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,17 @@ def run_args(
     for name, value in flags.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
     return [*args, "--no-progress"]
+
+
+def run_suites_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """`flowarena suites ARGV` through the suites' own subcommand; its stdout (the exit code must be 0)."""
+    import suites.cli
+
+    parser = argparse.ArgumentParser()
+    suites.cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["suites", *argv])
+    assert args.func(args) == 0
+    return capsys.readouterr().out
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ suites/ogbench.py: the hyperparameter table is ALGORITHMS.md's markdown, parsed 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_suites_cli
 
 import suites
 import suites.cli
@@ -404,28 +404,20 @@ def test_suites_never_import_torch() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    parser = argparse.ArgumentParser()
-    suites.cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["suites", *argv])
-    assert args.func(args) == 0
-    return capsys.readouterr().out
-
-
 def test_cli_lists_suites(capsys: pytest.CaptureFixture[str]) -> None:
-    lines = run_cli(capsys).splitlines()
+    lines = run_suites_cli(capsys).splitlines()
     assert lines[0].split()[:3] == ["suite", "tasks", "domains"]
     assert lines[1].split()[:3] == ["ogbench", "50", "10"]
-    rows = json.loads(run_cli(capsys, "--json"))
+    rows = json.loads(run_suites_cli(capsys, "--json"))
     assert {r["name"]: r["tasks"] for r in rows}["smoke"] == 3
 
 
 def test_cli_shows_one_suite(capsys: pytest.CaptureFixture[str]) -> None:
-    out = run_cli(capsys, "ogbench", "--method", "qam_edit")
+    out = run_suites_cli(capsys, "ogbench", "--method", "qam_edit")
     row = next(line for line in out.splitlines() if line.startswith("puzzle-4x4-play-singletask-task2-v0"))
     assert row.split()[1:6] == ["5", "0.99", "yes", "0.5", "puzzle-4x4-play-v0"]
     assert "(shards: puzzle-4x4-play-100m-v0)" in row and "inv_temp=0.1 edit_scale=0.9" in row
-    payload = json.loads(run_cli(capsys, "smoke", "--json", "--method", "fql"))
+    payload = json.loads(run_suites_cli(capsys, "smoke", "--json", "--method", "fql"))
     assert payload["config_overrides"] == {"hidden_dims": [64, 64], "num_critics": 2, "batch_size": 32}
     assert payload["method_overrides"]["scene-play-singletask-task1-v0"] == {"rho": 0.5, "alpha": 300.0}
     assert [t["task"] for t in payload["tasks"]] == suites.get_suite("smoke").task_names
@@ -433,4 +425,4 @@ def test_cli_shows_one_suite(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_unknown_suite_raises_suite_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(suites.SuiteError, match="smoke"):
-        run_cli(capsys, "smoek")
+        run_suites_cli(capsys, "smoek")

@@ -6,11 +6,10 @@ run`: such a task trains with the defaults after a one-line note; an unknown one
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
-from conftest import TASK, run_args
+from conftest import TASK, run_args, run_suites_cli
 
 import suites
 import suites.cli
@@ -112,16 +111,12 @@ def test_pixel_tasks_are_named_as_such(ogbench: suites.Suite) -> None:
         ogbench.settings_for("visual-cube-double-play-singletask-task2-v0")
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    parser = argparse.ArgumentParser()
-    suites.cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["suites", *argv])
-    assert args.func(args) == 0
-    return capsys.readouterr().out
-
-
 def test_cli_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    rows = {line.split()[0]: line.split()[1:] for line in run_cli(capsys, "--defaults").splitlines() if line}
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in run_suites_cli(capsys, "--defaults").splitlines()
+        if line
+    }
     assert rows["cube-single-play"] == ["manipulation", "5", "0.99", "no", "0.5", "cube-single-play-v0"]
     assert rows["humanoidmaze-giant-stitch"] == [
         "locomotion",
@@ -132,11 +127,11 @@ def test_cli_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         "humanoidmaze-giant-stitch-v0",
     ]
     assert rows["cube-octuple-play"][-2:] == ["cube-octuple-play-100m-v0", "(shards)"]
-    payload = json.loads(run_cli(capsys, "--defaults", "--json"))
+    payload = json.loads(run_suites_cli(capsys, "--defaults", "--json"))
     assert len(payload) == 48
     assert payload[0]["tasks"][1] == "pointmaze-medium-navigate-singletask-task1-v0"
     with pytest.raises(suites.SuiteError, match="--defaults takes no suite NAME"):
-        run_cli(capsys, "ogbench", "--defaults")
+        run_suites_cli(capsys, "ogbench", "--defaults")
 
 
 # --- through `flowarena run` --------------------------------------------------------------------------
