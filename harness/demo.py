@@ -271,6 +271,8 @@ def demo_table(sweep_dir: Path) -> str:
         **{"return": last["return"].round(1)},
     )
     columns = ["variant", "task", "seed", "step", "success", "return", "episode_length", "updates_per_s"]
+    if (last["eval_params"] != "").any():  # e.g. QGF's guidance weights: one row per setting
+        columns.insert(3, "eval_params")
     return "\n".join(
         [
             "success: percent of evaluation episodes solved; updates_per_s: training steps per second of wall time",

@@ -79,3 +79,15 @@ def test_the_demo_step_bar_adds_up_the_runs_status_steps(tmp_path, capsys, monke
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1].startswith("training (all runs): 80/200 steps (40%)")
     assert lines[-1].endswith("qam=30 fql=50")
+
+
+def test_the_demo_table_names_each_evaluation_setting(tmp_path):
+    row = {"variant": "qgf", "task": DEMO_TASK, "seed": 0, "step": 10, "success": 0.5, "return": -1.0}
+    row |= {"episode_length": 100.0, "wall_time_s": 2.0}
+    settings = ["guidance_weight=0.01", "guidance_weight=0.1"]
+    evals = pd.DataFrame([{**row, "eval_params": label} for label in settings])
+    (tmp_path / "qgf" / DEMO_TASK / "seed0").mkdir(parents=True)
+    evals.to_parquet(tmp_path / "qgf" / DEMO_TASK / "seed0" / "evals.parquet")
+    lines = harness.demo.demo_table(tmp_path).splitlines()
+    assert lines[1].split()[:4] == ["variant", "task", "seed", "eval_params"]
+    assert [line.split()[3] for line in lines[2:4]] == settings
