@@ -126,6 +126,14 @@ def rand(shape: Sequence[int], generator: AnyGenerator, device: torch.device | s
 
 def _draw(fn: Any, shape: tuple[int, ...], generator: AnyGenerator, device: Any) -> Tensor:
     device = generator.device if device is None else device
+    if _TAPE.replay is not None:
+        return _TAPE.take(shape)
+    if _TAPE.recording is not None:
+        _TAPE.recording.append(PlannedDraw(fn, shape, generator, device))
+    return _draw_now(fn, shape, generator, device)
+
+
+def _draw_now(fn: Any, shape: tuple[int, ...], generator: AnyGenerator, device: Any) -> Tensor:
     if not isinstance(generator, GeneratorStack):
         return fn(shape, generator=generator, device=device)
     if not shape or shape[0] != len(generator):
@@ -133,6 +141,47 @@ def _draw(fn: Any, shape: tuple[int, ...], generator: AnyGenerator, device: Any)
             f"a draw of shape {shape} from {len(generator)} stacked generators needs them leading"
         )
     return torch.stack([fn(shape[1:], generator=g, device=device) for g in generator])
+
+
+@dataclass(frozen=True)
+class PlannedDraw:
+    """One draw of an update, as `randn`/`rand` were asked for it: made again with `draw()`, it
+    consumes the generator exactly as the update itself would have."""
+
+    fn: Any
+    shape: tuple[int, ...]
+    generator: Any
+    device: Any
+
+    def draw(self) -> Tensor:
+        return _draw_now(self.fn, self.shape, self.generator, self.device)
+
+
+class _DrawTape:
+    """Where `randn`/`rand` record the draws of an update (`recording`) or take them, in call
+    order, from tensors drawn before it (`replay`). A compiled update takes its draws this way:
+    a torch.Generator cannot enter a compiled graph, and drawing the same shapes from the same
+    generators in the same order gives the numbers the eager update draws."""
+
+    def __init__(self) -> None:
+        self.recording: list[PlannedDraw] | None = None
+        self.replay: Sequence[Tensor] | None = None
+        self.position = 0
+
+    def take(self, shape: tuple[int, ...]) -> Tensor:
+        assert self.replay is not None
+        if self.position >= len(self.replay):
+            raise RuntimeError(f"the update drew more than the {len(self.replay)} draws of its plan")
+        drawn = self.replay[self.position]
+        if tuple(drawn.shape) != shape:
+            raise RuntimeError(
+                f"draw {self.position} of the plan has shape {tuple(drawn.shape)}, not {shape}"
+            )
+        self.position += 1
+        return drawn
+
+
+_TAPE = _DrawTape()
 
 
 def _generators(seeds: Sequence[int], offset: int, device: torch.device, stacked: bool) -> AnyGenerator:
@@ -176,6 +225,7 @@ class Agent(nn.Module):
         self.max_grad_norm: float | None = None
         self._target_pairs: list[tuple[nn.Module, nn.Module]] = []
         self.target_tau = 0.0
+        self.compiled_update: Any = None  # set by use_compiled_update
 
     # --- what a method implements -------------------------------------------------
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -231,17 +281,42 @@ class Agent(nn.Module):
     def update(self, batch: Batch) -> Metrics:
         """One gradient step. Returns its metrics as a mapping of floats (a list of floats per
         metric when seeds are stacked), read from the device when first accessed: the step itself
-        never waits for the device (`Metrics.tensor` holds them there)."""
+        never waits for the device (`Metrics.tensor` holds them there). After `use_compiled_update`
+        the loss, backward pass and clipping run as one compiled graph (algorithms/compiled.py)."""
         assert self.optimizer is not None, f"{type(self).__name__} never called setup_optimizer"
-        loss, metrics = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        if self.compiled_update is None:
+            names, values = self.gradient_step(batch)
+        else:
+            names, values = self.compiled_update(batch)
         self._polyak_update()
-        if self.max_grad_norm is not None:
-            grad_norm = clip_grad_norm_stacked(self._trainable(), self.max_grad_norm, len(self.stack))
-            metrics = {**metrics, "grad_norm": grad_norm}
         self.optimizer.step()
-        return Metrics(*stack_metrics({**metrics, "loss": loss.detach()}, self.stack))
+        return Metrics(names, values)
+
+    def gradient_step(self, batch: Batch, draws: Sequence[Tensor] | None = None) -> tuple[list[str], Tensor]:
+        """Loss, backward pass and gradient clipping of one update; the metric names and their
+        values (len(names), *stack). With `draws` the loss takes its random numbers from them, in
+        call order, instead of from the generators (how the compiled update runs this)."""
+        _TAPE.replay, _TAPE.position = draws, 0
+        loss, metrics = self.loss(batch)
+        _TAPE.replay = None
+        values = {name: value.detach() for name, value in metrics.items()}
+        total = loss.sum()
+        del metrics
+        total.backward()
+        if self.max_grad_norm is not None:
+            values["grad_norm"] = clip_grad_norm_stacked(
+                self._trainable(), self.max_grad_norm, len(self.stack)
+            )
+        values["loss"] = loss.detach()
+        return stack_metrics(values, self.stack)
+
+    def use_compiled_update(self, *, backend: str = "inductor", mode: str | None = None) -> None:
+        """Run every later `update` with its loss, backward pass and clipping compiled into one
+        graph by torch.compile (the same mathematics; float rounding may differ)."""
+        from algorithms.compiled import CompiledUpdate
+
+        self.compiled_update = CompiledUpdate(self, backend=backend, mode=mode)
 
     def _trainable(self) -> list[Tensor]:
         assert self.optimizer is not None

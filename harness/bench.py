@@ -1,6 +1,7 @@
 """`flowarena bench`: how fast one method trains and evaluates here.
 
-    flowarena bench --method qam [--config paper|small] [--device auto] [--steps 20] [--seeds 1] [--json]
+    flowarena bench --method qam [--config paper|medium|small] [--compile auto|on|off|both] [--seeds 1] [--json]
+    flowarena bench --method all --config medium --eval-episodes 0     # one table, every method
 
 Measures, for the method's update at a fixed network and batch configuration:
 
@@ -10,6 +11,11 @@ Measures, for the method's update at a fixed network and batch configuration:
   with `--seeds S` one step updates S stacked seeds, and `seed_updates_per_s` = S x updates/s
 - GFLOP/s: floating-point operations of one update counted by torch's FlopCounterMode (matrix
   products; elementwise work is not counted) times updates/s
+- compile s: with a compiled update (`--compile on`; `auto`, the default, is what a full-length run
+  does: on), the time of the first update, which plans its draws and compiles it, less a
+  compiled update's time; `both` times the eager and the compiled update back to back
+- peak GFLOP/s: one large float32 matrix product on the same device (its practical peak), and each
+  update's GFLOP/s as a share of it
 - sampler batches/s: the replay buffer's chunk sampler alone
 - evaluation episodes/s: `--eval-episodes` episodes of a real OGBench task (`--eval-task`) with
   the untrained policy, `--eval-envs` environments in lockstep, one batched policy call per chunk
@@ -17,7 +23,9 @@ Measures, for the method's update at a fixed network and batch configuration:
 `--config paper` is the method's defaults (4 x 512 networks, 10 critics, batch 256) on the QAM
 paper's stated shapes: observations of 37, actions of 5, chunks of 5 (cube-double's), on a
 synthetic dataset of random transitions (the update's cost does not depend on the data).
-`--config small` is the smoke suite's TINY config on the same shapes. The evaluation agent is
+`--config medium` is 3 x 256 networks, 2 critics, batch 256 (the shape of most published ablations),
+`--config small` the smoke suite's TINY config, both on the same shapes. `--method all` measures
+every registered method in turn and prints one table. The evaluation agent is
 built for the evaluation task's own shapes, untrained.
 Progress goes to stderr; `--json` prints one JSON object on stdout.
 """
@@ -36,7 +44,11 @@ from typing import Any
 
 from harness.errors import UserError
 
-CONFIGS = ("paper", "small")
+CONFIGS = ("paper", "medium", "small")
+MEDIUM = {"hidden_dims": (256, 256, 256), "num_critics": 2, "batch_size": 256}
+BENCH_COMPILE = ("auto", "on", "off", "both")
+PEAK_MATMUL_SIZE = 2048
+ALL_METHODS = "all"
 PAPER_SHAPES = {"obs_dim": 37, "action_dim": 5, "horizon": 5, "discount": 0.99}
 DEFAULT_EVAL_TASK = "cube-double-play-singletask-task1-v0"
 SYNTHETIC_TRANSITIONS = 20_000
@@ -58,10 +70,13 @@ class BenchSettings:
     eval_task: str = DEFAULT_EVAL_TASK
     threads: int | None = None
     overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+    compile: str = "auto"  # auto (= on, as a full-length run), on, off, or both back to back
 
     def validate(self) -> None:
         if self.config not in CONFIGS:
             raise UserError(f"--config must be one of {', '.join(CONFIGS)}, got {self.config!r}")
+        if self.compile not in BENCH_COMPILE:
+            raise UserError(f"--compile must be one of {', '.join(BENCH_COMPILE)}, got {self.compile!r}")
         minimums = {
             "steps": 1,
             "warmup": 0,
@@ -80,13 +95,31 @@ class BenchSettings:
 
 
 def bench_config(method: Any, config: str, overrides: dict[str, str]) -> Any:
-    """The method's config at `paper` (its defaults) or `small` (the smoke suite's TINY)."""
+    """The method's config at `paper` (its defaults), `medium` (MEDIUM) or `small` (the smoke
+    suite's TINY)."""
     from algorithms import registry
     from suites.smoke import TINY
 
     fields = registry.config_fields(method)
-    values = {k: v for k, v in TINY.items() if k in fields} if config == "small" else {}
+    sizes = {"paper": {}, "medium": MEDIUM, "small": TINY}[config]
+    values = {k: v for k, v in sizes.items() if k in fields}
     return registry.make_config(method, {**values, **overrides})
+
+
+def compile_modes(choice: str) -> list[bool]:
+    """The update paths `--compile` times: eager (False) and/or compiled (True)."""
+    return {"auto": [True], "on": [True], "off": [False], "both": [False, True]}[choice]
+
+
+def peak_gflops(device: Any, size: int = PEAK_MATMUL_SIZE, repeats: int = 5) -> float:
+    """GFLOP/s of one large float32 matrix product here: the device's practical peak."""
+    import torch
+
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b  # warm-up
+    rate = _rate(repeats, lambda: a @ b, device)
+    return 2 * size**3 * rate / 1e9
 
 
 def synthetic_buffer(spec: Any, *, device: Any, seed: int = 0) -> Any:
@@ -154,44 +187,43 @@ def update_flops(agent: Any, batch: Any) -> int:
 
 
 def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    """updates/s, GFLOP/s and sampler batches/s at the paper's shapes."""
+    """updates/s (eager and/or compiled), compile time, GFLOP/s and sampler batches/s at the
+    paper's shapes."""
     from algorithms import registry
     from algorithms.base import EnvSpec
-    from harness.run.members import DIVERGENCE_CHECK_INTERVAL, DivergenceTracker
 
     method = registry.get(settings.method)
     config = bench_config(method, settings.config, settings.overrides)
     spec = EnvSpec(**PAPER_SHAPES)
     seeds: int | list[int] = 0 if settings.seeds == 1 else list(range(settings.seeds))
     stack = () if settings.seeds == 1 else (settings.seeds,)
-    agent = registry.create(method, spec, config, device=device, seed=seeds)
     buffer = synthetic_buffer(spec, device=device)
-    n_params = sum(p.numel() for p in agent.parameters() if p.requires_grad)
+
+    def make_agent() -> Any:
+        return registry.create(method, spec, config, device=device, seed=seeds)
+
+    eager = make_agent()
+    n_params = sum(p.numel() for p in eager.parameters() if p.requires_grad)
     say(f"{method.name}: {n_params / 1e6:.2f}M trainable parameters, batch {config.batch_size}, {device}")
-
-    tracker = DivergenceTracker(settings.seeds, device)
-    steps = iter(range(1, 1 << 62))
-
-    def step() -> None:  # the training loop's: metrics stay on the device between checks
-        index = next(steps)
-        tracker.record(index, agent.update(buffer.sample(config.batch_size, stack=stack)))
-        if index % DIVERGENCE_CHECK_INTERVAL == 0:
-            tracker.check()
-
-    for _ in range(settings.warmup):
-        step()
-    say(f"timing {settings.steps} updates")
-    updates_per_s = _rate(settings.steps, step, device)
-    flops = update_flops(agent, buffer.sample(config.batch_size, stack=stack))
-    say(f"{updates_per_s:.3g} updates/s; timing {settings.sampler_batches} sampler batches")
+    timings = {}
+    for compiled in compile_modes(settings.compile):
+        agent = make_agent() if compiled else eager
+        if compiled:
+            agent.use_compiled_update()
+            say("compiling the update (minutes on a few CPU cores the first time, seconds from the cache)")
+        timings[compiled] = time_updates(agent, buffer, config.batch_size, stack, settings, device, say)
+    flops = update_flops(eager, buffer.sample(config.batch_size, stack=stack))
     sampler_rate = None
     if settings.sampler_batches:
+        say(f"timing {settings.sampler_batches} sampler batches")
         sampler_rate = _rate(
             settings.sampler_batches, lambda: buffer.sample(config.batch_size, stack=stack), device
         )
-    return {
+    main = timings[True] if True in timings else timings[False]
+    result = {
         "method": method.name,
         "config": settings.config,
+        "compiled": True in timings,
         "hidden_dims": list(getattr(config, "hidden_dims", [])),
         "num_critics": getattr(config, "num_critics", None),
         "batch_size": config.batch_size,
@@ -200,13 +232,51 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
         "parameters": n_params,
         "steps": settings.steps,
         "warmup": settings.warmup,
-        "updates_per_s": updates_per_s,
-        "seed_updates_per_s": updates_per_s * settings.seeds,
-        "ms_per_update": 1000.0 / updates_per_s,
+        "updates_per_s": main["updates_per_s"],
+        "seed_updates_per_s": main["updates_per_s"] * settings.seeds,
+        "ms_per_update": 1000.0 / main["updates_per_s"],
+        "compile_s": main["compile_s"] if True in timings else None,
         "gflop_per_update": flops / 1e9,
-        "gflop_per_s": flops * updates_per_s / 1e9,
+        "gflop_per_s": flops * main["updates_per_s"] / 1e9,
         "sampler_batches_per_s": sampler_rate,
     }
+    if len(timings) == 2:
+        result["eager_updates_per_s"] = timings[False]["updates_per_s"]
+        result["compiled_speedup"] = timings[True]["updates_per_s"] / timings[False]["updates_per_s"]
+    return result
+
+
+def time_updates(
+    agent: Any,
+    buffer: Any,
+    batch_size: int,
+    stack: tuple[int, ...],
+    settings: BenchSettings,
+    device: Any,
+    say: Callable[[str], None],
+) -> dict[str, float]:
+    """updates/s of the training loop's step (sample on the device, update, metrics into the
+    device-side NaN tracker, read every DIVERGENCE_CHECK_INTERVAL steps), and the first update's
+    extra time (a compiled update's compilation)."""
+    from harness.run.members import DIVERGENCE_CHECK_INTERVAL, DivergenceTracker
+
+    tracker = DivergenceTracker(settings.seeds, device)
+    steps = iter(range(1, 1 << 62))
+
+    def step() -> None:
+        index = next(steps)
+        tracker.record(index, agent.update(buffer.sample(batch_size, stack=stack)))
+        if index % DIVERGENCE_CHECK_INTERVAL == 0:
+            tracker.check()
+
+    first_s = 1.0 / _rate(1, step, device)
+    for _ in range(settings.warmup):
+        step()
+    path = "compiled" if agent.compiled_update is not None else "eager"
+    say(f"timing {settings.steps} {path} updates")
+    updates_per_s = _rate(settings.steps, step, device)
+    say(f"{updates_per_s:.3g} {path} updates/s")
+    return {"updates_per_s": updates_per_s, "compile_s": max(0.0, first_s - 1.0 / updates_per_s)}
 
 
 def bench_evaluation(settings: BenchSettings, device: Any, say: Callable[[str], None]) -> dict[str, Any]:
@@ -248,23 +318,31 @@ def bench_evaluation(settings: BenchSettings, device: Any, say: Callable[[str], 
     }
 
 
-def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict[str, Any]:
-    """Every measurement of `settings`, as one JSON-ready dict."""
+def run_bench(settings: BenchSettings, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Every measurement of `settings`, one JSON-ready dict per method (`--method all`: every
+    registered method, in registry order)."""
     import torch
 
+    from algorithms import registry
     from harness.run.trainer import pick_device
 
     settings.validate()
+    methods = registry.names() if settings.method == ALL_METHODS else [settings.method]
     threads = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
-        return _measure(settings, pick_device(settings.device), progress)
+        device = pick_device(settings.device)
+        peak = peak_gflops(device)
+        return [
+            _measure(dataclasses.replace(settings, method=method), device, peak, progress)
+            for method in methods
+        ]
     finally:
         torch.set_num_threads(threads)
 
 
-def _measure(settings: BenchSettings, device: Any, progress: bool) -> dict[str, Any]:
+def _measure(settings: BenchSettings, device: Any, peak: float, progress: bool) -> dict[str, Any]:
     import torch
 
     def say(message: str) -> None:
@@ -280,6 +358,8 @@ def _measure(settings: BenchSettings, device: Any, progress: bool) -> dict[str, 
         "load_average_1m": load[0],
     }
     result.update(bench_training(settings, device, say))
+    result["peak_gflop_per_s"] = peak
+    result["peak_share"] = result["gflop_per_s"] / peak
     if settings.eval_episodes:
         result.update(bench_evaluation(settings, device, say))
     return result
@@ -287,14 +367,25 @@ def _measure(settings: BenchSettings, device: Any, progress: bool) -> dict[str, 
 
 def format_result(result: dict[str, Any]) -> str:
     """The measurements as aligned lines for a terminal."""
+    path = "compiled" if result["compiled"] else "eager"
     lines = [
         f"{result['method']} ({result['config']} config: hidden {result['hidden_dims']}, "
         f"{result['num_critics']} critics, batch {result['batch_size']}, seeds {result['seeds']}) "
         f"on {result['device']} ({result['threads']} threads, load {result['load_average_1m']:.2f})",
-        f"  updates/s           {result['updates_per_s']:.4g} ({result['ms_per_update']:.4g} ms per update)",
+        f"  updates/s           {result['updates_per_s']:.4g} {path} ({result['ms_per_update']:.4g} ms per update)",
         f"  seed-updates/s      {result['seed_updates_per_s']:.4g}",
+    ]
+    if "eager_updates_per_s" in result:
+        lines.append(
+            f"  eager updates/s     {result['eager_updates_per_s']:.4g} "
+            f"(compiled {result['compiled_speedup']:.2f}x)"
+        )
+    if result["compile_s"] is not None:
+        lines.append(f"  compile s           {result['compile_s']:.3g} (the first update's extra time)")
+    lines += [
         f"  GFLOP per update    {result['gflop_per_update']:.4g}",
-        f"  GFLOP/s             {result['gflop_per_s']:.4g}",
+        f"  GFLOP/s             {result['gflop_per_s']:.4g} ({100 * result['peak_share']:.0f}% of the "
+        f"{result['peak_gflop_per_s']:.4g} GFLOP/s of one large matrix product)",
     ]
     if result.get("sampler_batches_per_s") is not None:
         lines.append(f"  sampler batches/s   {result['sampler_batches_per_s']:.4g}")
@@ -305,6 +396,41 @@ def format_result(result: dict[str, Any]) -> str:
             f"{result['eval_env_steps_per_s']:.4g} env steps/s)"
         )
     return "\n".join(lines)
+
+
+TABLE_COLUMNS = (
+    ("method", "method", "{}"),
+    ("config", "config", "{}"),
+    ("update", "compiled", "{}"),
+    ("seeds", "seeds", "{}"),
+    ("updates/s", "updates_per_s", "{:.3g}"),
+    ("seed-updates/s", "seed_updates_per_s", "{:.3g}"),
+    ("eager updates/s", "eager_updates_per_s", "{:.3g}"),
+    ("speed-up", "compiled_speedup", "{:.2f}x"),
+    ("compile s", "compile_s", "{:.0f}"),
+    ("GFLOP/s", "gflop_per_s", "{:.3g}"),
+    ("% of peak", "peak_share", "{:.0%}"),
+)
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """One markdown row per method (`--method all`)."""
+    header = "| " + " | ".join(title for title, _, _ in TABLE_COLUMNS) + " |"
+    rows = [header, "|" + "---|" * len(TABLE_COLUMNS)]
+    for result in results:
+        cells = []
+        for _, key, fmt in TABLE_COLUMNS:
+            value = result.get(key)
+            if key == "compiled":
+                value = "compiled" if value else "eager"
+            cells.append("" if value is None else fmt.format(value))
+        rows.append("| " + " | ".join(cells) + " |")
+    first = results[0]
+    rows.append(
+        f"\n{first['device']} ({first['device_name']}), {first['threads']} threads, torch {first['torch']}; "
+        f"peak {first['peak_gflop_per_s']:.4g} GFLOP/s (one {PEAK_MATMUL_SIZE}^2 float32 matrix product)"
+    )
+    return "\n".join(rows)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -324,9 +450,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         eval_task=args.eval_task,
         threads=args.threads,
         overrides=parse_assignments(args.set, "--set"),
+        compile=args.compile,
     )
-    result = run_bench(settings, progress=not args.no_progress)
-    print(json.dumps(result) if args.json else format_result(result))
+    results = run_bench(settings, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(results if settings.method == ALL_METHODS else results[0]))
+    elif settings.method == ALL_METHODS:
+        print(format_table(results))
+    else:
+        print(format_result(results[0]))
     return 0
 
 
@@ -334,12 +466,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `bench` subcommand."""
     p = subparsers.add_parser(
         "bench",
-        help="updates/s, GFLOP/s, sampler batches/s and evaluation episodes/s of one method here",
+        help="updates/s (eager and compiled), GFLOP/s, sampler batches/s and evaluation episodes/s here",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--method", required=True, help="registry name (see `flowarena methods`)")
-    p.add_argument("--config", default="paper", choices=CONFIGS, help="paper (default) or small")
+    p.add_argument(
+        "--method",
+        required=True,
+        help="registry name (see `flowarena methods`), or all: one table of every method",
+    )
+    p.add_argument(
+        "--config", default="paper", choices=CONFIGS, help="paper (default), medium (3 x 256) or small"
+    )
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=BENCH_COMPILE,
+        help="time the compiled update (on; auto, the default, as a full-length run), the eager one (off), "
+        "or both back to back",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--steps", type=int, default=20, help="timed updates (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed updates first (default 3)")

@@ -26,6 +26,7 @@ from harness.args import (
     quiet_library_warnings,
 )
 from harness.errors import UserError
+from harness.run.compile import add_compile_flag
 from harness.sweep import cli as sweep_cli
 
 
@@ -66,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         eval_params=parse_eval_grid(args.eval_param),
         eval_workers=args.eval_workers or 0,
         loggers=loggers,
+        compile=args.compile,
     )
     if args.seeds is None:
         return 0 if run(spec, progress=not args.no_progress) == "done" else 1
@@ -107,6 +109,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_logger_flag(p)
+    add_compile_flag(p)
     add_budget_flags(p)
     p.set_defaults(func=cmd_run)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.progress import Progress, progress_bar
+from harness.run.compile import add_compile_flag
 
 QUICK_TASK = "cube-double-play-singletask-task1-v0"
 QUICK = {"steps": 300, "eval_episodes": 3, "episodes": 30, "episode_length": 200}
@@ -88,6 +89,7 @@ def _demo_plan(args: argparse.Namespace):
         out=args.out,
         dataset_dir=args.dataset_dir,
         device=args.device,
+        compile=args.compile,
         executor=ExecutorOptions(),
     )
     return make_plan(spec)
@@ -192,6 +194,7 @@ def quick_demo(args: argparse.Namespace) -> int:
             dataset_dir=args.dataset_dir,
             budget=budget,
             device=args.device,
+            compile=args.compile,
         )
         states[method] = run(spec, progress=not args.no_progress)
     print(demo_table(Path(args.out) / "demo-quick"))
@@ -356,5 +359,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "1: one after another in this process)",
     )
     p.add_argument("--device", default="auto")
+    add_compile_flag(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

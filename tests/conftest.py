@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +15,11 @@ from harness.cli import main
 from harness.datagen import generate
 
 TASK = "cube-double-play-singletask-task1-v0"
+# One compiled-code cache for every test and the runs they start (tests/test_compiled.py): a graph
+# that one process compiled, the next ones load.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "flowarena-tests-compile-cache")
+)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import suites
 from algorithms import registry
 from harness.errors import UserError
 from harness.run import records
+from harness.run.compile import check_choice, compile_record, wants_compile
 from harness.run.evaluate import DEFAULT_EVAL_ENVS
 
 
@@ -84,6 +85,8 @@ class RunSpec:
     # Experiment trackers that also get the records' rows (harness/run/trackers.py): tensorboard,
     # wandb. Not part of the run's identity either.
     loggers: list[str] = field(default_factory=list)
+    # `--compile auto|on|off` (harness/run/compile.py): changes speed only, so not identity either.
+    compile: str = "auto"
 
 
 @dataclass
@@ -94,6 +97,11 @@ class ResolvedRun:
     task: suites.TaskSettings
     variant: str
     path: Path
+
+    @property
+    def compiled(self) -> bool:
+        """Whether this run's update runs compiled (`--compile`, harness/run/compile.py)."""
+        return wants_compile(self.spec.compile, self.spec.budget.total_steps)
 
     def record_spec(self) -> dict[str, Any]:
         """spec.json: all that is needed to rerun."""
@@ -111,6 +119,7 @@ class ResolvedRun:
             "budget": budget_record(self.spec.budget),
             "eval_params": self.spec.eval_params,
             "dataset_dir": self.spec.dataset_dir,
+            "compile": compile_record(self.spec.compile, self.compiled),
             "code_version": records.code_version(),
             "packages": records.package_versions(),
         }
@@ -175,6 +184,7 @@ def eval_setting(declared: dict[str, float], given: dict[str, float]) -> tuple[d
 def resolve(spec: RunSpec) -> ResolvedRun:
     """Method, config and task settings of a run; raises UserError on bad input."""
     spec.budget.validate()
+    check_choice(spec.compile)
     method = registry.get(spec.method)
     suite = suites.get_suite(spec.suite)
     task = suite.settings_for(spec.task)[0]  # an OGBench task outside the suite: suites/defaults.py

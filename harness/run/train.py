@@ -33,6 +33,7 @@ import traceback
 from harness.errors import UserError
 from harness.progress import say
 from harness.run import records
+from harness.run.compile import compile_record
 from harness.run.spec import IDENTITY_KEYS, ResolvedRun, RunSpec, check_same_run, resolve
 from harness.run.stop import clear_stop as clear_stop  # re-exported: callers of run() stop it
 from harness.run.stop import request_stop as request_stop
@@ -102,6 +103,15 @@ def _check_one_group(runs: list[tuple[ResolvedRun, records.RunDir]]) -> None:
             )
 
 
+def record_compile_choice(run_dir: records.RunDir, resolved: ResolvedRun) -> None:
+    """A resumed run's spec.json says how this process updates (`--compile` may differ from the
+    first command's; it is not part of the run's identity)."""
+    saved = run_dir.read_spec()
+    current = compile_record(resolved.spec.compile, resolved.compiled)
+    if saved.get("compile") != current:
+        run_dir.write_spec({**saved, "compile": current})
+
+
 def _train(trainer: Trainer) -> dict[int, str]:
     """Run a trainer, marking its unfinished runs failed (with the traceback) when it raises; the
     runs' experiment trackers (harness/run/trackers.py) are open meanwhile."""
@@ -109,6 +119,8 @@ def _train(trainer: Trainer) -> dict[int, str]:
     for member in trainer.members:
         if not member.run_dir.exists():
             member.run_dir.write_spec(member.resolved.record_spec())
+        else:
+            record_compile_choice(member.run_dir, member.resolved)
         attach_trackers(member.resolved, member.run_dir)
     failed = False
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from harness.progress import Progress, progress_bar, say
 from harness.run import records
 from harness.run.balanced import sample_balanced
 from harness.run.checkpoint import Checkpoints
+from harness.run.compile import CACHE_DIR_NAME, use_cache_dir
 from harness.run.data import ReplayBuffer
 from harness.run.envs import LocalEnvs, SlotView, WorkerEnvs, make_env, make_eval_envs
 from harness.run.evaluate import default_eval_envs
@@ -80,7 +82,7 @@ class Trainer(OnlinePhase, Checkpoints):
         self.members = [Member(resolved, run_dir) for resolved, run_dir in runs]
         self.stacked, self.progress = stacked, progress
         self.resolved = runs[0][0]
-        spec, task, config = self.resolved.spec, self.resolved.task, self.resolved.config
+        spec, task = self.resolved.spec, self.resolved.task
         self.budget = spec.budget
         self.device = pick_device(spec.device)
         self.env = make_env(task.task)
@@ -90,9 +92,9 @@ class Trainer(OnlinePhase, Checkpoints):
         transitions = self.data.load(self.data.shard_for_step(1))
         self.env_spec = env_spec_of(self.env, task)
         seeds: int | list[int] = self.seeds if stacked else self.seeds[0]
-        self.agent: Agent = registry.create(
-            self.resolved.method, self.env_spec, config, device=self.device, seed=seeds
-        )
+        if self.resolved.compiled:
+            use_cache_dir(Path(spec.out) / spec.sweep / CACHE_DIR_NAME)  # shared by the sweep's runs
+        self.agent = self.make_agent(seeds)
         capacity = len(transitions["observations"]) + self.budget.online_steps
         self.buffer = ReplayBuffer(
             transitions,
@@ -113,6 +115,20 @@ class Trainer(OnlinePhase, Checkpoints):
         self.elapsed_s = 0.0
         self.heartbeat = Heartbeat()  # status.json's step and heartbeat_at, every HEARTBEAT_S
         self.postfix: dict[str, str] = {}  # the progress bar's loss and last success
+
+    def make_agent(self, seeds: int | list[int], state: dict[str, Any] | None = None) -> Agent:
+        """The run's agent (from `state` if given), its update compiled where `--compile` says so."""
+        agent = registry.create(
+            self.resolved.method,
+            self.env_spec,
+            self.resolved.config,
+            device=self.device,
+            seed=seeds,
+            state=state,
+        )
+        if self.resolved.compiled:
+            agent.use_compiled_update()
+        return agent
 
     @property
     def seeds(self) -> list[int]:
@@ -258,14 +274,7 @@ class Trainer(OnlinePhase, Checkpoints):
         full = self.agent.state_dict()
         state = stack_agent_states([slice_agent_state(full, position) for position in keep])
         seeds = [self.members[position].seed for position in keep]
-        self.agent = registry.create(
-            self.resolved.method,
-            self.env_spec,
-            self.resolved.config,
-            device=self.device,
-            seed=seeds,
-            state=state,
-        )
+        self.agent = self.make_agent(seeds, state)
         self.tracker.keep(keep)
         self.buffer_index = [self.buffer_index[position] for position in keep]
         if self.eval_slots is not None:

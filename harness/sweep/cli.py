@@ -12,6 +12,7 @@ from pathlib import Path
 import suites
 from harness.args import add_budget_flags, add_logger_flag, parse_loggers, parse_seeds
 from harness.errors import UserError
+from harness.run.compile import add_compile_flag
 from harness.sweep.collect import collect
 from harness.sweep.options import ExecutorOptions
 from harness.sweep.plan import budget_fields, describe_plan, make_plan
@@ -92,6 +93,7 @@ def _add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_budget_flags(p)
     add_logger_flag(p)
+    add_compile_flag(p, default=None)
     _add_executor_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and an estimate; write nothing")
     p.add_argument("--steps-per-second", type=float, metavar="S", help="one GPU's throughput, for --dry-run")
@@ -177,7 +179,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     """The TOML spec (if given) with the flags on top; validated, but no method or task resolved yet."""
     spec = spec_from_toml(Path(args.spec)) if args.spec else SweepSpec(name="", methods=[])
-    for name in ("name", "suite", "out", "dataset_dir", "device", "preset", "eval_workers"):
+    for name in ("name", "suite", "out", "dataset_dir", "device", "preset", "eval_workers", "compile"):
         if getattr(args, name) is not None:
             setattr(spec, name, getattr(args, name))
     if args.methods is not None:

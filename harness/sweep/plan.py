@@ -213,6 +213,7 @@ def _task_runs(
         device=spec.device,
         eval_workers=spec.eval_workers,
         loggers=list(spec.loggers),
+        compile=spec.compile,
         eval_params=method_eval_params(spec, method),
         variant_keys=sorted(overrides),  # one variant name on every task, even where a value is the suite's
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 import suites
 from harness.errors import UserError
+from harness.run.compile import check_choice as check_compile_choice
 from harness.sweep.options import ExecutorOptions
 
 
@@ -80,6 +81,7 @@ class SweepSpec:
     preset: str | None = None
     eval_workers: int = 0  # worker processes stepping each run's evaluation environments
     loggers: list[str] = field(default_factory=list)  # experiment trackers of every run (--logger)
+    compile: str = "auto"  # --compile of every run (harness/run/compile.py)
     executor: ExecutorOptions = field(default_factory=ExecutorOptions)
 
     @property
@@ -155,6 +157,7 @@ def validate_spec(spec: SweepSpec) -> None:
     spec.executor.validate()
     if not isinstance(spec.eval_workers, int) or isinstance(spec.eval_workers, bool) or spec.eval_workers < 0:
         raise UserError(f"--eval-workers must be an integer >= 0, got {spec.eval_workers!r}")
+    check_compile_choice(spec.compile)
     for method, keys in spec.overrides.items():
         both = [k for k in keys if k in spec.grid.get(method, {})]
         if both:

@@ -10,6 +10,7 @@ out = "results"
 dataset_dir = "/data/ogbench"
 device = "auto"
 loggers = ["tensorboard"]         # experiment trackers: tensorboard, wandb (default: none)
+compile = "auto"                  # compiled updates: auto, on, off (harness/run/compile.py)
 
 [budget]                          # any harness.run.spec.Budget field; default: the suite's
 offline_steps = 1000000
@@ -57,6 +58,7 @@ SPEC_KEYS = (
     "device",
     "eval_workers",
     "loggers",
+    "compile",
     "budget",
     "set",
     "grid",
@@ -149,6 +151,7 @@ def spec_from_toml(path: Path) -> SweepSpec:
         device=data.get("device", "auto"),
         eval_workers=data.get("eval_workers", 0),
         loggers=parse_loggers(loggers),
+        compile=data.get("compile", "auto"),
         preset=data.get("preset"),
         executor=ExecutorOptions(**executor),
     )
