@@ -19,7 +19,7 @@ sum_t (var_a,t / n_a + var_b,t / n_b) / T^2, and the power has the closed form i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -59,10 +59,11 @@ class PowerPlan:
     needed: dict[float, int | None]  # effect -> smallest seeds per task reaching `target` (None: > MAX_SEEDS)
     observed: float  # the released aggregate of a minus that of b, in points
     sims: int
-    notes: list[str] = field(default_factory=list)
 
 
-def released_scores(a: str, b: str, tasks: Sequence[str] | None = None, phase: str = "offline"):
+def released_scores(
+    a: str, b: str, tasks: Sequence[str] | None = None, phase: str = "offline"
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(tasks, seeds) success in points of published methods `a` and `b` at their final `phase` step,
     and the task names; tasks missing from the released results are an AnalysisError."""
     records = load_published([a, b])
