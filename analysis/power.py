@@ -11,6 +11,9 @@ same draws give the difference under every effect. A two-sided test at level `al
 the difference falls outside the null's central 1 - alpha interval; its power at effect d is the
 fraction of simulated sweeps it rejects.
 
+A plan of fewer tasks than the released ones (`n_tasks`) draws its tasks anew in each simulated
+sweep, so that the power also averages over which tasks a sweep happens to run.
+
 Against a published method, B is not run: its side keeps the released number of seeds whatever n is.
 With normal deviations and the mean, the difference is normal with variance
 sum_t (var_a,t / n_a + var_b,t / n_b) / T^2, and the power has the closed form in `normal_power`.
@@ -59,6 +62,7 @@ class PowerPlan:
     needed: dict[float, int | None]  # effect -> smallest seeds per task reaching `target` (None: > MAX_SEEDS)
     observed: float  # the released aggregate of a minus that of b, in points
     sims: int
+    n_tasks: int  # tasks of the planned sweep (drawn from `tasks` when fewer)
 
 
 def released_scores(
@@ -113,17 +117,27 @@ def null_differences(
     aggregate: str = "mean",
     sims: int = DEFAULT_SIMS,
     rng: np.random.Generator,
+    n_tasks: int | None = None,
 ) -> np.ndarray:
     """`sims` draws of aggregate(A) - aggregate(B) when A and B are equal on every task.
 
     `dev_a`, `dev_b`: (tasks, k) seed deviations; `level`: (tasks,) the common per-task level.
+    `n_tasks`: each simulated sweep runs that many of the given tasks, drawn without replacement;
+    None: all of them.
     """
+    chosen = _task_draws(dev_a.shape[0], n_tasks, sims, rng)  # (sims, tasks of one sweep)
     sides = []
     for dev, n in ((dev_a, n_a), (dev_b, n_b)):
-        picks = rng.integers(0, dev.shape[1], size=(sims, dev.shape[0], n))
-        runs = np.take_along_axis(np.broadcast_to(dev, (sims, *dev.shape)), picks, axis=2)
-        sides.append(_aggregate(runs + level[None, :, None], aggregate))
+        picks = rng.integers(0, dev.shape[1], size=(*chosen.shape, n))
+        runs = dev[chosen[..., None], picks]  # (sims, tasks, n): seed picks[s, t, i] of task chosen[s, t]
+        sides.append(_aggregate(runs + level[chosen][..., None], aggregate))
     return sides[0] - sides[1]
+
+
+def _task_draws(available: int, n_tasks: int | None, sims: int, rng: np.random.Generator) -> np.ndarray:
+    if n_tasks is None:
+        return np.broadcast_to(np.arange(available), (sims, available))
+    return np.argsort(rng.random((sims, available)), axis=1)[:, :n_tasks]  # without replacement
 
 
 def power_from_null(null: np.ndarray, effects: Sequence[float], alpha: float) -> np.ndarray:
@@ -152,29 +166,30 @@ def check_settings(aggregate: str, alpha: float, target: float, sims: int, seeds
         raise AnalysisError(f"bad seed counts {list(seeds)}: whole numbers from 1 to {MAX_SEEDS}")
 
 
+@dataclass
 class _Simulator:
     """Power for any seed count from the released scores of two methods (one rng seed per count)."""
 
-    def __init__(
-        self, scores_a, scores_b, *, published: bool, aggregate: str, alpha: float, sims: int, seed: int
-    ):
-        self.dev_a, self.dev_b = deviations(scores_a), deviations(scores_b)
-        self.level = scores_b.mean(axis=1)
-        self.released = scores_b.shape[1]
-        self.published, self.aggregate, self.alpha, self.sims, self.seed = (
-            published,
-            aggregate,
-            alpha,
-            sims,
-            seed,
-        )
+    scores_a: np.ndarray  # (tasks, released seeds), points
+    scores_b: np.ndarray
+    published: bool
+    aggregate: str
+    alpha: float
+    sims: int
+    seed: int
+    n_tasks: int | None = None
+
+    def __post_init__(self) -> None:
+        self.dev_a, self.dev_b = deviations(self.scores_a), deviations(self.scores_b)
+        self.level = self.scores_b.mean(axis=1)
 
     def power(self, n: int, effects: Sequence[float]) -> np.ndarray:
         rng = np.random.default_rng([self.seed, n])
-        n_b = self.released if self.published else n
+        n_b = self.scores_b.shape[1] if self.published else n
         null = null_differences(
-            self.dev_a, self.dev_b, self.level, n, n_b, aggregate=self.aggregate, sims=self.sims, rng=rng
-        )
+            self.dev_a, self.dev_b, self.level, n, n_b, aggregate=self.aggregate, sims=self.sims, rng=rng,
+            n_tasks=self.n_tasks,
+        )  # fmt: skip
         return power_from_null(null, effects, self.alpha)
 
     def seeds_for(self, effect: float, target: float) -> int | None:
@@ -205,20 +220,24 @@ def seeds_needed(
     phase: str = "offline",
     sims: int = DEFAULT_SIMS,
     seed: int = 0,
+    n_tasks: int | None = None,
 ) -> PowerPlan:
     """Power of "A beats B by `effect` points" for each seed count, and the seeds per task each effect needs.
 
     `a` and `b` are methods of the released results whose seed noise stands for the two sides of the
     planned sweep (A: a new method behaving like `a`). `published`: B is not run, its side is the
     released seeds of `b`. `tasks`: the tasks of the plan (default: all 50 released tasks).
+    `n_tasks`: a sweep of that many tasks drawn from `tasks` (each simulated sweep draws its own).
     """
     check_settings(aggregate, alpha, power, sims, seeds)
+    if n_tasks is not None and n_tasks < 1:
+        raise AnalysisError(f"bad number of tasks {n_tasks!r}: a whole number >= 1")
     if normalize_name(a) == normalize_name(b) and not published:
         raise AnalysisError(f"compare two different methods, got {a} twice (or give published=True)")
     scores_a, scores_b, order = released_scores(a, b, tasks, phase)
-    simulator = _Simulator(
-        scores_a, scores_b, published=published, aggregate=aggregate, alpha=alpha, sims=sims, seed=seed
-    )
+    if n_tasks is not None and n_tasks > len(order):
+        raise AnalysisError(f"a plan of {n_tasks} tasks, but only {len(order)} are chosen (see --tasks)")
+    simulator = _Simulator(scores_a, scores_b, published, aggregate, alpha, sims, seed, n_tasks)
     rows = [
         {"seeds": int(n), "effect": float(e), "power": float(p)}
         for n in seeds
@@ -231,7 +250,7 @@ def seeds_needed(
         target=power, tasks=order, domains=domains, released_seeds=scores_b.shape[1],
         table=pd.DataFrame(rows, columns=["seeds", "effect", "power"]),
         needed={float(e): simulator.seeds_for(float(e), power) for e in effects},
-        observed=observed, sims=sims,
+        observed=observed, sims=sims, n_tasks=n_tasks or len(order),
     )  # fmt: skip
 
 
@@ -239,8 +258,9 @@ def render_power(plan: PowerPlan, hours: dict[int, float] | None = None) -> str:
     """The plan as text: a seeds x effects table of power (with GPU-hours per row when given)."""
     side_b = f"published {plan.b} ({plan.released_seeds} released seeds)" if plan.published else plan.b
     label = "IQM" if plan.aggregate == "iqm" else "mean"
+    drawn = f"{plan.n_tasks} tasks drawn from " if plan.n_tasks != len(plan.tasks) else ""
     lines = [
-        f"plan: {plan.a} vs {side_b}, {label} success over {len(plan.tasks)} tasks "
+        f"plan: {plan.a} vs {side_b}, {label} success over {drawn}{len(plan.tasks)} tasks "
         f"({len(plan.domains)} domain{'s' if len(plan.domains) > 1 else ''})",
         f"noise: the released per-seed results of {plan.a} and {plan.b}; {plan.sims:,} simulated sweeps "
         f"per seed count; two-sided test at level {plan.alpha:g}",
@@ -258,5 +278,5 @@ def render_power(plan: PowerPlan, hours: dict[int, float] | None = None) -> str:
     needed = ", ".join(
         f"+{e:g}: {n if n is not None else f'more than {MAX_SEEDS}'}" for e, n in plan.needed.items()
     )
-    lines += ["", f"seeds per task for {plan.target:.0%} power over {len(plan.tasks)} tasks: {needed}"]
+    lines += ["", f"seeds per task for {plan.target:.0%} power over {plan.n_tasks} tasks: {needed}"]
     return "\n".join(lines) + "\n"

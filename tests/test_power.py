@@ -11,17 +11,19 @@ from analysis.power import deviations, normal_power, null_differences, power_fro
 from harness.cli import main
 
 
-@pytest.mark.parametrize(("n_a", "n_b"), [(4, 4), (3, 12)])  # both sides run; B published at 12 seeds
-def test_simulated_power_matches_the_closed_form_for_normal_seeds(n_a, n_b):
+# Both sides run; B published at 12 seeds; a sweep of 4 of the 10 tasks, drawn anew in each simulation.
+@pytest.mark.parametrize(("n_a", "n_b", "n_tasks"), [(4, 4, None), (3, 12, None), (5, 5, 4)])
+def test_simulated_power_matches_the_closed_form_for_normal_seeds(n_a, n_b, n_tasks):
     rng = np.random.default_rng(0)
     sigma_a, sigma_b = np.linspace(4.0, 20.0, 10), np.linspace(10.0, 2.0, 10)
     released_a = rng.normal(50.0, sigma_a[:, None], size=(10, 1000))
     released_b = rng.normal(30.0, sigma_b[:, None], size=(10, 1000))
     null = null_differences(
         deviations(released_a), deviations(released_b), released_b.mean(axis=1), n_a, n_b,
-        sims=20_000, rng=np.random.default_rng(1),
+        sims=20_000, rng=np.random.default_rng(1), n_tasks=n_tasks,
     )  # fmt: skip
-    variance = (released_a.var(axis=1, ddof=1) / n_a + released_b.var(axis=1, ddof=1) / n_b).sum() / 10**2
+    per_task = released_a.var(axis=1, ddof=1) / n_a + released_b.var(axis=1, ddof=1) / n_b
+    variance = per_task.mean() / (n_tasks or 10)  # given the drawn tasks the runs are independent
     assert null.mean() == pytest.approx(0.0, abs=0.05)
     assert null.std() == pytest.approx(np.sqrt(variance), rel=0.02)
     effects = [0.0, 1.0, 2.0, 3.0, 5.0]
@@ -64,6 +66,7 @@ def test_power_grows_with_seeds_and_effect_and_the_iqm_and_published_cases_answe
         (["qam", "fql", "--seeds", "0"], "--seeds expects positive ints"),
         (["qam", "fql", "--power", "1.5"], "bad power 1.5"),
         (["qam", "qam"], "two different methods"),
+        (["qam", "fql", "--tasks", "scene-play", "--n-tasks", "6"], "a plan of 6 tasks, but only 5"),
     ],
 )
 def test_bad_input_is_one_message_and_exit_code_2(capsys, argv, message):
@@ -84,3 +87,8 @@ def test_plan_seeds_prints_power_and_the_dry_runs_gpu_hours(capsys):
     assert rows["3"][-1] == "17" and rows["12"][-1] == "67"
     assert rows["12"][1] == "1.00"  # a 50-point gap on five tasks
     assert "seeds per task for 80% power over 5 tasks:" in out
+    argv = ["plan-seeds", "qam", "fql", "--tasks", "puzzle-3x3-play", "--n-tasks", "2", "--seeds", "3"]
+    assert main([*argv, "--sims", "200", "--steps-per-second", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "mean success over 2 tasks drawn from 5 tasks" in out
+    assert out.splitlines()[5].split()[-1] == "7"  # 2 x 2 x 3 x 1,000,000 / 500 / 3600 = 6.7 hours

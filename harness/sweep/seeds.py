@@ -27,6 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--published", action="store_true", help="B is not run: compare with its published seeds")
     p.add_argument("--suite", default="ogbench", help="suite of the planned sweep (default ogbench)")
     p.add_argument("--tasks", help="comma-separated task or domain names (default: the whole suite)")
+    p.add_argument(
+        "--n-tasks",
+        type=int,
+        metavar="K",
+        help="a sweep of K of those tasks (each simulated sweep draws its own)",
+    )
     p.add_argument("--effects", default="2,5,10", help="effects in success points (default 2,5,10)")
     p.add_argument("--seeds", default="3,5,8,12", help="seed counts per task (default 3,5,8,12)")
     p.add_argument("--aggregate", choices=("mean", "iqm"), default="mean")
@@ -63,18 +69,19 @@ def cmd_plan_seeds(args: argparse.Namespace) -> int:
     plan = seeds_needed(
         args.a, args.b, tasks=tasks, published=args.published, effects=effects, seeds=counts,
         aggregate=args.aggregate, power=args.power, alpha=args.alpha, phase=args.phase,
-        sims=args.sims, seed=args.seed,
+        sims=args.sims, seed=args.seed, n_tasks=args.n_tasks,
     )  # fmt: skip
     hours = None
     if args.steps_per_second:
         methods = [plan.a] if args.published else [plan.a, plan.b]
+        chosen = plan.tasks[: plan.n_tasks]  # which K of them: the hours are alike for the tasks of a suite
         hours = {
-            n: plan_hours(methods, args.suite, tasks, n, args.phase, args.steps_per_second) for n in counts
+            n: plan_hours(methods, args.suite, chosen, n, args.phase, args.steps_per_second) for n in counts
         }
     print(render_power(plan, hours), end="")
     if hours:
         print(
-            f"GPU-hours: {' + '.join(methods)} on {len(tasks)} tasks, as `flowarena sweep --dry-run "
+            f"GPU-hours: {' + '.join(methods)} on {plan.n_tasks} tasks, as `flowarena sweep --dry-run "
             f"--steps-per-second {args.steps_per_second:g}` computes them (training steps only)"
         )
     return 0
