@@ -11,7 +11,8 @@ intervals). The heavy modules (pandas, rliable, matplotlib) load on first use, s
     print(analysis.render_leaderboard(table, "md"))
     analysis.compare(df, "qam", "fql")                # paired by (task, seed)
     analysis.versus_published(table, df)              # each method beside its published value
-    analysis.write_report(df, "report/")
+    analysis.write_report(df, "report/", html=True)  # also report.html, self-contained
+    plan = analysis.seeds_needed("qam", "fql")        # power per seed count, from the released seeds
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ _PUBLIC = {
     "write_report": "analysis.report",
     "versus_published": "analysis.versus",
     "render_versus": "analysis.versus",
+    "seeds_needed": "analysis.power",
+    "render_power": "analysis.power",
 }
 
 __all__ = ["AnalysisError", *_PUBLIC]

@@ -92,8 +92,10 @@ def _add_compare(subparsers) -> None:
 def _add_report(subparsers) -> None:
     parser = subparsers.add_parser(
         "report",
-        help="report.md with leaderboards, a paired comparison and PNG plots",
-        description="Writes OUT/report.md, the tables as CSV and LaTeX, and the plots as PNG.",
+        help="report.md (and with --html one self-contained report.html) with leaderboards, a paired "
+        "comparison and plots",
+        description="Writes OUT/report.md, the tables as CSV and LaTeX, and the plots as PNG; with --html "
+        "also OUT/report.html, the same report in one page that opens from a file.",
     )
     parser.add_argument("sweep", help=SWEEP_HELP)
     parser.add_argument("--out", required=True, help="output directory")
@@ -102,6 +104,9 @@ def _add_report(subparsers) -> None:
     )
     parser.add_argument("--pair", nargs=2, metavar=("A", "B"), help="the two variants to compare")
     parser.add_argument("--incomplete", choices=("refuse", "common-seeds"), default="refuse")
+    parser.add_argument(
+        "--html", action="store_true", help="also OUT/report.html: one self-contained page, plots embedded"
+    )
     _add_statistics(parser)
     parser.set_defaults(func=run_report)
 
@@ -178,6 +183,7 @@ def run_report(args: argparse.Namespace) -> int:
         eval_param_selection=args.eval_param_selection,
         incomplete=args.incomplete,
         progress=not args.no_progress,
+        html=args.html,
     )
     print(path)
     return 0

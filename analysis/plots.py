@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rliable import plot_utils
 
-from analysis.records import ordered_domains
+from analysis.records import PUBLISHED_SUFFIX, ordered_domains
 from analysis.scores import ALL_TASKS
 from analysis.stats import METRIC_LABELS
 
@@ -54,10 +54,13 @@ def plot_learning_curves(
     metric: str = "mean",
     colors: dict | None = None,
     online_from: int | None = None,
+    reference: pd.DataFrame | None = None,
 ) -> Path:
     """One panel per domain and one for all tasks: `metric` of success (%) per step with CI bands.
 
     `curves` is `aggregate(..., step="all")`; `online_from` draws a line where online steps begin.
+    `reference`: published curves (same layout, variants `<method> (published)`), drawn dashed in
+    the color of the sweep's variant of that method, without a band.
     """
     rows = curves[curves["metric"] == metric]
     groups = set(rows["group"])
@@ -70,6 +73,8 @@ def plot_learning_curves(
     axes = np.atleast_1d(figure.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, group in zip(axes, groups, strict=False):
         _curve_panel(ax, rows[rows["group"] == group], group, metric, colors, online_from)
+        if reference is not None:
+            _reference_lines(ax, reference[reference["group"] == group], colors)
     for ax in axes[len(groups) :]:
         ax.set_visible(False)
     handles = [ax.get_legend_handles_labels() for ax in axes[: len(groups)]]
@@ -101,6 +106,14 @@ def _curve_panel(ax, rows: pd.DataFrame, group: str, metric: str, colors: dict, 
         ax.axvline(online_from, color="grey", linestyle="--", linewidth=1)
     ax.set_title(group, fontsize="medium")
     ax.set_ylim(-2, 102)
+
+
+def _reference_lines(ax, rows: pd.DataFrame, colors: dict) -> None:
+    for variant, own in rows.groupby("variant", sort=False):
+        method = variant.removesuffix(PUBLISHED_SUFFIX)
+        color = next((c for v, c in colors.items() if v.split("[")[0] == method), "grey")
+        own = own.sort_values("step")
+        ax.plot(own["step"], own["value"] * 100.0, linestyle="--", color=color, linewidth=1.2, label=variant)
 
 
 def plot_performance_profile(profiles: pd.DataFrame, path: str | Path, *, colors: dict | None = None) -> Path:

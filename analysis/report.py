@@ -13,7 +13,7 @@ from analysis import plots
 from analysis.errors import AnalysisError
 from analysis.paired import compare, render_comparison, resolve_variant
 from analysis.progress import progress_bar
-from analysis.records import PUBLISHED, load, ordered_domains, run_table
+from analysis.records import PUBLISHED, load, load_published, ordered_domains, run_table
 from analysis.scores import ALL_TASKS, BEST_PER_DOMAIN, expected_runs, phase_variants
 from analysis.stats import aggregate, check_bootstrap, performance_profiles
 from analysis.tables import board_from_aggregate, markdown_table, render_leaderboard
@@ -54,8 +54,12 @@ def write_report(
     eval_param_selection: str = BEST_PER_DOMAIN,
     incomplete: str = "refuse",
     progress: bool = True,
+    html: bool = False,
 ) -> Path:
     """Write OUT/report.md with its tables (also as CSV/LaTeX files) and PNG plots; returns its path.
+
+    `html`: also OUT/report.html, the same report in one self-contained page (plots embedded); the
+    path returned is then that of report.html.
 
     `source` is a sweep directory or records from `load`. `published` adds the reference rows of
     the sweep's methods as separate leaderboard columns (plots show the sweep's own runs only).
@@ -73,9 +77,16 @@ def write_report(
     comparison, pairs, how = _comparisons(own, pair, ranking, out, settings)
     sections += boards + comparison
     sections += _plots(own, pairs, how, out, settings)
-    sections.append(_files(out))
+    sections.append(_files(out, html))
+    text = "\n\n".join(section.strip("\n") for section in sections if section) + "\n"
     path = out / "report.md"
-    path.write_text("\n\n".join(section.strip("\n") for section in sections if section) + "\n")
+    path.write_text(text)
+    if html:
+        from analysis.html_report import write_html
+
+        return write_html(
+            text, out, f"flowarena report: {Path(records.attrs.get('sweep_dir', 'records')).name}"
+        )
     return path
 
 
@@ -290,7 +301,10 @@ def _curves_section(own: pd.DataFrame, out: Path, colors: dict, settings: Report
     )  # fmt: skip
     curves.to_csv(out / "learning_curves.csv", index=False)
     online_from = int(own.loc[own["phase"] == "online", "step"].min()) if has_online else None
-    plots.plot_learning_curves(curves, out / LEARNING_CURVES, colors=colors, online_from=online_from)
+    reference, reference_note = _published_curves(own, "all" if has_online else "offline")
+    plots.plot_learning_curves(
+        curves, out / LEARNING_CURVES, colors=colors, online_from=online_from, reference=reference
+    )
     gaps = curves[curves["value"].isna()]
     gap_note = (
         f" {gaps.groupby(['variant', 'group']).ngroups} curve(s) have steps without a value "
@@ -302,7 +316,40 @@ def _curves_section(own: pd.DataFrame, out: Path, colors: dict, settings: Report
     return (
         f"### Learning curves\n\n![Learning curves]({LEARNING_CURVES})\n\n"
         "Mean success (%) per evaluation step, per domain and over all tasks, with bootstrap CI bands; "
-        f"test-time variants use the eval parameter chosen at the final step.{online}{gap_note}"
+        f"test-time variants use the eval parameter chosen at the final step.{online}{gap_note} "
+        f"{reference_note}"
+    )
+
+
+def _published_curves(own: pd.DataFrame, phase: str) -> tuple[pd.DataFrame | None, str]:
+    """Mean curves of the published rows of the sweep's methods on its tasks, up to its last step.
+
+    A panel gets a method's published curve only where the published rows cover all the sweep's
+    tasks of that panel (a domain, or all tasks), so that both curves average the same tasks.
+    """
+    if (own["source"] == PUBLISHED).all():
+        return None, ""
+    reference = load_published()
+    chosen = reference[
+        reference["method"].isin(set(own["method"]))
+        & reference["task"].isin(set(own["task"]))
+        & (reference["step"] <= own["step"].max())
+    ]
+    if phase == "offline":
+        chosen = chosen[chosen["phase"] == "offline"]
+    if chosen.empty:
+        return None, "No published curve of these methods covers these tasks and steps."
+    curves = aggregate(chosen, metrics=["mean"], step="all", phase=phase, reps=0, progress=False)
+    covered = {d: set(g) for d, g in chosen.groupby("domain")["task"]}
+    wanted = {d: set(g) for d, g in own.groupby("domain")["task"]}
+    keep = [d for d in wanted if covered.get(d) == wanted[d]]
+    if set(chosen["task"]) == set(own["task"]):
+        keep.append(ALL_TASKS)
+    curves = curves[curves["group"].isin(keep) & curves["value"].notna()]
+    names = ", ".join(sorted(curves["variant"].unique()))
+    return curves, (
+        f"Dashed lines: the published mean curves of the same methods on the same tasks ({names}; "
+        "12 released seeds, no band), drawn up to this sweep's last step."
     )
 
 
@@ -360,6 +407,9 @@ def _poi_section(pairs: pd.DataFrame, how: str, out: Path) -> str:
     )
 
 
-def _files(out: Path) -> str:
-    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "report.md")
-    return "## Files\n\n" + "\n".join(f"- [{name}]({name})" for name in files)
+def _files(out: Path, html: bool) -> str:
+    files = sorted(
+        p.name for p in out.iterdir() if p.is_file() and p.name not in ("report.md", "report.html")
+    )
+    where = " (next to this report; report.html holds the tables and plots by itself)" if html else ""
+    return f"## Files{where}\n\n" + "\n".join(f"- [{name}]({name})" for name in files)

@@ -167,4 +167,3 @@ def parse_loggers(names: Sequence[str] | None) -> list[str]:
 
 def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*DISPLAY environment variable is missing.*")
-    warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32.*")

@@ -69,6 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         loggers=loggers,
         compile=args.compile,
     )
+    if args.online_steps is None and spec.budget.online_steps > 0:
+        print(online_default_note(suite.name, spec.budget.online_steps), file=sys.stderr)
     if args.seeds is None:
         return 0 if run(spec, progress=not args.no_progress) == "done" else 1
     seeds = parse_seeds(args.seeds)
@@ -76,6 +78,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         [dataclasses.replace(spec, seed=seed) for seed in seeds], progress=not args.no_progress
     )
     return 0 if all(state == "done" for state in states.values()) else 1
+
+
+def online_default_note(suite: str, online_steps: int) -> str:
+    """The run's online phase was not asked for on the command line: say where it comes from."""
+    return (
+        f"note: after the offline phase this run trains {online_steps:,} online steps, suite {suite}'s "
+        "default; give --online-steps 0 for an offline-only run"
+    )
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:

@@ -188,7 +188,10 @@ def _collect_block(settings: tuple, count: int, seed: int, bar: Any) -> list[dic
     import gymnasium
     import ogbench  # noqa: F401  (registers the environments, also in a worker process)
 
+    from harness.run.envs import hide_box_precision_warning
+
     env_name, episode_length, noise, noise_smoothing = settings
+    hide_box_precision_warning()
     # Each episode records episode_length + 1 observations; ogbench's loader turns them into
     # episode_length transitions.
     env = gymnasium.make(

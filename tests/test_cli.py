@@ -160,3 +160,35 @@ def test_demo_names_variants_that_share_a_config(tmp_path):
     assert same_config_notes(tmp_path) == [
         f"qam, qam-fql: same config on {TASK}, from the suite's per-domain table"
     ]
+
+
+@pytest.mark.parametrize(
+    ("suite", "extra", "note"),
+    [
+        ("ogbench", [], True),
+        ("ogbench", ["--online-steps", "0"], False),
+        ("ogbench", ["--online-steps", "50"], False),
+        ("smoke", [], False),
+    ],
+)
+def test_run_says_when_its_online_phase_is_the_suites_default(
+    monkeypatch, tmp_path, capsys, suite, extra, note
+):
+    import harness.run.train
+
+    budgets = []
+    monkeypatch.setattr(
+        harness.run.train, "run", lambda spec, progress: budgets.append(spec.budget) or "done"
+    )
+    argv = ["run", "--method", "fql", "--task", TASK, "--suite", suite, "--offline-steps", "200"]
+    assert main([*argv, "--out", str(tmp_path), *extra]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "online steps" in line]
+    if note:
+        assert budgets[0].online_steps == 500_000
+        assert lines == [
+            "note: after the offline phase this run trains 500,000 online steps, suite ogbench's default; "
+            "give --online-steps 0 for an offline-only run"
+        ]
+    else:
+        assert lines == []

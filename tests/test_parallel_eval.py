@@ -124,3 +124,23 @@ def test_real_task_in_worker_processes_equals_this_process():
 )
 def test_default_eval_envs(episodes, requested, expected):
     assert default_eval_envs(episodes, requested) == expected
+
+
+def test_environments_hide_gymnasiums_box_precision_warning_and_only_it():
+    import subprocess
+    import sys
+
+    made = "import ogbench; env = ogbench.make_env_and_datasets(TASK, env_only=True)"
+    ours = "from harness.run.envs import make_env; env = make_env(TASK)"
+    use = "env.reset(seed=0); env.step(env.action_space.sample())"
+    other = 'import warnings; warnings.warn("Box low\'s precision lowered by casting to float32 elsewhere")'
+
+    def stderr(make: str) -> str:
+        code = f"TASK = {TASK!r}\n{make}\n{use}\n{other}\n"
+        done = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert "WARN: Box low's precision lowered" in stderr(made)  # gymnasium does warn without the filter
+    quiet = stderr(ours)
+    assert "WARN: Box" not in quiet and "precision lowered by casting to float32 elsewhere" in quiet

@@ -129,6 +129,27 @@ def test_dry_run_prints_runs_jobs_and_gpu_hours_and_writes_nothing(tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
+def test_a_domain_outside_the_suite_expands_to_its_five_tasks(tmp_path):
+    # smoke lists cube-double-play; cube-single-play is an OGBench domain it does not have.
+    plan = plan_of(
+        *(
+            "--name",
+            "dom",
+            "--suite",
+            "smoke",
+            "--methods",
+            "fql",
+            "--tasks",
+            "cube-single-play,cube-double-play",
+        ),
+        *("--seeds", "1", "--out", str(tmp_path)),
+    )
+    tasks = [run.task for run in plan.runs]
+    single = [f"cube-single-play-singletask-task{i}-v0" for i in range(1, 6)]
+    assert tasks[:5] == single
+    assert set(tasks[5:]) == {t for t in tasks if t.startswith("cube-double-play")} and len(tasks) > 5
+
+
 def _fake_run(run: PlannedRun, state: str, **fields) -> records.RunDir:
     run_dir = records.RunDir(run.run_dir)
     run_dir.write_spec(resolve(run.spec).record_spec())

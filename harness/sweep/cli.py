@@ -1,5 +1,6 @@
 """The sweep room's commands: `flowarena sweep` (its flags, read into a SweepSpec on top of a
-TOML spec by `spec_from_args`), `flowarena status` and `flowarena collect`."""
+TOML spec by `spec_from_args`), `flowarena status` and `flowarena collect`; `flowarena plan-seeds`
+is registered from harness/sweep/seeds.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import suites
 from harness.args import add_budget_flags, add_logger_flag, parse_loggers, parse_seeds
 from harness.errors import UserError
 from harness.run.compile import add_compile_flag
+from harness.sweep import seeds
 from harness.sweep.collect import collect
 from harness.sweep.options import ExecutorOptions
 from harness.sweep.plan import budget_fields, describe_plan, make_plan
@@ -22,8 +24,9 @@ from harness.sweep.toml_spec import spec_from_toml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `sweep`, `status` and `collect` subcommands."""
+    """Add the `sweep`, `plan-seeds`, `status` and `collect` subcommands."""
     _add_sweep_parser(subparsers)
+    seeds.add_parser(subparsers)
     p = subparsers.add_parser(
         "status",
         help="a sweep's runs by state; failed, lost, stale and possibly hung runs with their log",

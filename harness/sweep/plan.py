@@ -148,13 +148,18 @@ def method_eval_params(spec: SweepSpec, method: str) -> list[dict[str, float]]:
 
 
 def expand_tasks(suite: suites.Suite, names: Sequence[str]) -> list[str]:
-    """Task names of the suite; a domain name stands for all its tasks; empty: every task. An OGBench
-    task outside the suite runs with the settings `suite.settings_for` gives it."""
+    """Task names of the suite; a domain name stands for all its tasks (an OGBench domain outside
+    the suite for its five tasks, task1..task5); empty: every task. An OGBench task outside the
+    suite runs with the settings `suite.settings_for` gives it."""
+    from suites import defaults
+
     if not names:
         return suite.task_names
     tasks: list[str] = []
     for name in names:
         in_domain = [t.task for t in suite.tasks if t.domain == name]
+        if not in_domain and name in defaults.DATASETS:
+            in_domain = [f"{name}-singletask-task{i}-v0" for i in defaults.TASK_IDS]
         tasks += in_domain or [suite.settings_for(name)[0].task]
     return list(dict.fromkeys(tasks))
 
@@ -263,14 +268,14 @@ def describe_plan(plan: Plan, steps_per_second: float | None = None) -> str:
         f"{len(todo)} to run",
         _jobs_line(plan),
     ]
-    total = sum(run.spec.budget.total_steps for run in todo)
+    total = plan_steps(plan)
     lines.append(
         f"steps: {total:,} ({plan.budget.offline_steps:,} offline + {plan.budget.online_steps:,} online "
         f"per run{_protocol_note(plan)}; runs that resume need fewer; evaluation every "
         f"{plan.budget.eval_interval:,} with {plan.budget.eval_episodes} episodes)"
     )
     if steps_per_second:
-        hours = total / steps_per_second / 3600
+        hours = gpu_hours(total, steps_per_second)
         lines.append(
             f"estimate: {hours:,.1f} GPU-hours = {total:,} steps / {steps_per_second:g} steps/s / 3600, "
             f"assuming one GPU sustains {steps_per_second:g} steps/s summed over the runs it holds "
@@ -279,6 +284,16 @@ def describe_plan(plan: Plan, steps_per_second: float | None = None) -> str:
     else:
         lines.append("estimate: give --steps-per-second S (one GPU's training throughput) for GPU-hours")
     return "\n".join(lines)
+
+
+def plan_steps(plan: Plan) -> int:
+    """Training steps of the runs still to run (offline + online, each run's own budget)."""
+    return sum(run.spec.budget.total_steps for run in plan.todo)
+
+
+def gpu_hours(steps: int, steps_per_second: float) -> float:
+    """GPU-hours of `steps` training steps at one GPU's throughput (evaluation and queueing not counted)."""
+    return steps / steps_per_second / 3600
 
 
 def _count_line(plan: Plan) -> str:
