@@ -41,7 +41,16 @@ class CompiledUpdate:
 
     def __init__(self, agent: Agent, *, backend: str = "inductor", mode: str | None = None) -> None:
         self.agent = agent
-        self.compiled = torch.compile(self._values, fullgraph=True, dynamic=False, backend=backend, mode=mode)
+        # On a CPU, Inductor's C++ wrapper calls the graph's kernels without a Python call each
+        # (measured: 1.3-1.5x over its default Python wrapper at 3 x 256 networks).
+        options = (
+            {"cpp_wrapper": True}
+            if backend == "inductor" and mode is None and agent.device.type == "cpu"
+            else None
+        )
+        self.compiled = torch.compile(
+            self._values, fullgraph=True, dynamic=False, backend=backend, mode=mode, options=options
+        )
         self.plans: dict[tuple[int, ...], tuple[list[PlannedDraw], list[str]]] = {}
 
     def _values(self, batch: Batch, draws: list[Tensor]) -> Tensor:
