@@ -1,0 +1,132 @@
+"""What the parity check needs to know per method: the reference agent and config that match ours,
+where each reference parameter lives in our agent (one name map per network kind), and which
+reference loss terms are which of our metrics.
+
+A network kind maps a reference sub-tree of parameters onto one of our modules:
+  mlp          Flax MLP {Dense_i: kernel, bias; LayerNorm_i: scale, bias} -> our MLP (linears.i, norms.i)
+  tanh_normal  the reference's TanhNormal {MLP_0, OutputDenseMean, OutputDenseLogStd} -> our TanhGaussian
+  scalar       a LogParam {log_value} -> one of our parameters (e.g. log_alpha)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# The small shared config: 3 hidden layers of 32, 2 critics, batch 16 (obs 11, action 3, chunks of 4).
+HIDDEN = (32, 32, 32)
+REF_COMMON = {"actor_hidden_dims": HIDDEN, "value_hidden_dims": HIDDEN, "num_qs": 2, "batch_size": 16}
+OURS_COMMON = {"hidden_dims": HIDDEN, "num_critics": 2, "batch_size": 16}
+
+
+def mlp_name(ref_key: str) -> str:
+    """'Dense_2/kernel' -> 'linears.2.weight'; 'LayerNorm_0/scale' -> 'norms.0.weight'."""
+    m = re.fullmatch(r"(Dense|LayerNorm)_(\d+)/(kernel|bias|scale)", ref_key)
+    if m is None:
+        raise KeyError(f"not an MLP parameter: {ref_key}")
+    group = "linears" if m[1] == "Dense" else "norms"
+    return f"{group}.{m[2]}.{'bias' if m[3] == 'bias' else 'weight'}"
+
+
+def tanh_normal_name(ref_key: str) -> str:
+    if ref_key.startswith("MLP_0/"):
+        return "trunk." + mlp_name(ref_key[len("MLP_0/") :])
+    head, leaf = ref_key.split("/")
+    part = {"OutputDenseMean": "mean", "OutputDenseLogStd": "log_std"}[head]
+    return f"{part}.{'weight' if leaf == 'kernel' else 'bias'}"
+
+
+KINDS = {"mlp": mlp_name, "tanh_normal": tanh_normal_name, "scalar": lambda key: ""}
+
+
+@dataclass
+class MethodParity:
+    """One method's parity set-up (reference side and ours)."""
+
+    ref_agent: str  # module in the reference's agents/
+    ours: str  # our registry name
+    networks: list[tuple[str, str, str]]  # (kind, reference prefix, our module path)
+    losses: dict[str, str]  # reference info key -> our metric key ("total" -> "loss")
+    ref_overrides: dict = field(default_factory=dict)
+    ours_overrides: dict = field(default_factory=dict)
+    ref_unused: tuple[str, ...] = ()  # reference prefixes ours has no counterpart of (must stay unused)
+
+    def ref_config(self) -> dict:
+        return {**REF_COMMON, **self.ref_overrides}
+
+    def ours_config(self) -> dict:
+        return {**OURS_COMMON, **self.ours_overrides}
+
+
+def critic(ref: str, ours: str) -> list[tuple[str, str, str]]:
+    """An online critic and its target."""
+    return [
+        ("mlp", f"modules_{ref}/value_net", f"{ours}.net"),
+        ("mlp", f"modules_target_{ref}/value_net", f"target_{ours}.net"),
+    ]
+
+
+METHODS: dict[str, MethodParity] = {
+    "fql": MethodParity(
+        ref_agent="fql",
+        ours="fql",
+        networks=[
+            *critic("critic", "critic"),
+            ("mlp", "modules_actor_bc_flow/mlp", "flow.net"),
+            ("mlp", "modules_actor_onestep_flow/mlp", "one_step"),
+        ],
+        losses={
+            "total": "loss",
+            "critic/critic_loss": "critic_loss",
+            "critic/q_mean": "q_data",
+            "actor/bc_flow_loss": "bc_loss",
+            "actor/distill_loss": "distill_loss",
+        },
+        ref_overrides={"alpha": 300.0},
+        ours_overrides={"alpha": 300.0},
+    ),
+    "qam": MethodParity(
+        ref_agent="qam",
+        ours="qam",
+        networks=[
+            *critic("critic", "critic"),
+            ("mlp", "modules_actor_slow/mlp", "base_flow.net"),
+            ("mlp", "modules_target_actor_slow/mlp", "target_base_flow.net"),
+            ("mlp", "modules_actor_fast/mlp", "fine_flow.net"),
+        ],
+        losses={
+            "total": "loss",
+            "critic/critic_loss": "critic_loss",
+            "critic/q_mean": "q_data",
+            "actor/flow_loss": "bc_loss",
+            "actor/adj_loss": "adjoint_loss",
+        },
+        ref_overrides={"inv_temp": 1.0},
+        ours_overrides={"inv_temp": 1.0},
+        ref_unused=("modules_target_actor_fast",),
+    ),
+    "dsrl": MethodParity(
+        ref_agent="dsrl",
+        ours="dsrl",
+        networks=[
+            *critic("critic", "critic"),
+            ("mlp", "modules_z_critic/value_net", "z_critic.net"),
+            ("mlp", "modules_actor_bc_flow/mlp", "flow.net"),
+            ("mlp", "modules_target_actor_bc_flow/mlp", "target_flow.net"),
+            ("tanh_normal", "modules_actor", "latent_policy"),
+            ("scalar", "modules_alpha/log_value", "log_alpha"),
+        ],
+        losses={
+            "total": "loss",
+            "critic/critic_loss": "critic_loss",
+            "critic/distill_loss": "distill_loss",
+            "critic/q_mean": "q_data",
+            "actor/flow_loss": "bc_loss",
+            "actor/actor_loss": "latent_policy_loss",
+            "actor/alpha": "alpha",
+            "actor/entropy": "entropy",
+        },
+        ref_overrides={"noise_scale": 1.0},
+        ours_overrides={"noise_scale": 1.0},
+    ),
+}
