@@ -5,6 +5,7 @@ reference loss terms are which of our metrics.
 A network kind maps a reference sub-tree of parameters onto one of our modules:
   mlp          Flax MLP {Dense_i: kernel, bias; LayerNorm_i: scale, bias} -> our MLP (linears.i, norms.i)
   tanh_normal  the reference's TanhNormal {MLP_0, OutputDenseMean, OutputDenseLogStd} -> our TanhGaussian
+  actor        the reference's Actor {actor_net, mean_net} -> our ReBRAC TanhActor
   scalar       a LogParam {log_value} -> one of our parameters (e.g. log_alpha)
 """
 
@@ -36,7 +37,22 @@ def tanh_normal_name(ref_key: str) -> str:
     return f"{part}.{'weight' if leaf == 'kernel' else 'bias'}"
 
 
-KINDS = {"mlp": mlp_name, "tanh_normal": tanh_normal_name, "scalar": lambda key: ""}
+def actor_name(ref_key: str) -> str:
+    """The reference's deterministic Actor {actor_net: MLP, mean_net: Dense} -> our TanhActor (one MLP
+    whose last linear layer is mean_net)."""
+    if ref_key.startswith("actor_net/"):
+        return "net." + mlp_name(ref_key[len("actor_net/") :])
+    head, leaf = ref_key.split("/")
+    assert head == "mean_net", ref_key
+    return f"net.linears.{len(HIDDEN)}.{'weight' if leaf == 'kernel' else 'bias'}"
+
+
+KINDS = {
+    "mlp": mlp_name,
+    "tanh_normal": tanh_normal_name,
+    "actor": actor_name,
+    "scalar": lambda key: "",
+}
 
 
 @dataclass
@@ -128,5 +144,92 @@ METHODS: dict[str, MethodParity] = {
         },
         ref_overrides={"noise_scale": 1.0},
         ours_overrides={"noise_scale": 1.0},
+    ),
+    "fbrac": MethodParity(
+        ref_agent="fbrac",
+        ours="fbrac",
+        networks=[*critic("critic", "critic"), ("mlp", "modules_actor_flow/mlp", "flow.net")],
+        losses={
+            "total": "loss",
+            "critic/critic_loss": "critic_loss",
+            "critic/q_mean": "q_data",
+            "actor/bc_flow_loss": "bc_loss",
+        },
+        ref_overrides={"alpha": 0.3},
+        ours_overrides={"alpha": 0.3},
+    ),
+    "rebrac": MethodParity(
+        ref_agent="rebrac",
+        ours="rebrac",
+        networks=[
+            *critic("critic", "critic"),
+            ("actor", "modules_actor", "actor"),
+            ("actor", "modules_target_actor", "target_actor"),
+        ],
+        losses={
+            "total": "loss",
+            "critic/critic_loss": "critic_loss",
+            "critic/q_mean": "q_data",
+            "actor/bc_loss": "bc_loss",
+            "actor/mse": "bc_mse",
+        },
+        ref_overrides={"alpha_actor": 0.1},
+        ours_overrides={"alpha_actor": 0.1},
+    ),
+    "ifql": MethodParity(
+        ref_agent="ifql",
+        ours="ifql",
+        networks=[
+            *critic("critic", "critic"),
+            ("mlp", "modules_value/value_net", "value"),
+            ("mlp", "modules_actor_flow/mlp", "flow.net"),
+        ],
+        losses={
+            "total": "loss",
+            "value/value_loss": "value_loss",
+            "value/v_mean": "v_data",
+            "critic/critic_loss": "critic_loss",
+            "critic/q_mean": "q_data",
+            "actor/actor_loss": "bc_loss",
+        },
+        ref_overrides={"kappa": 0.9},
+        ours_overrides={"kappa": 0.9},
+    ),
+    "fawac": MethodParity(
+        ref_agent="fawac",
+        ours="fawac",
+        networks=[
+            *critic("critic", "critic"),
+            ("mlp", "modules_value/value_net", "value"),
+            ("mlp", "modules_actor/mlp", "flow.net"),
+        ],
+        losses={
+            "total": "loss",
+            "critic/value_loss": "value_loss",
+            "critic/critic_loss": "critic_loss",
+            "critic/q_mean": "q_data",
+            "actor/actor_loss": "actor_loss",
+        },
+        ref_overrides={"inv_temp": 3.0},
+        ours_overrides={"inv_temp": 3.0},
+    ),
+    "fedit": MethodParity(
+        ref_agent="fedit",
+        ours="fedit",
+        networks=[
+            *critic("critic", "critic"),
+            ("mlp", "modules_actor_bc_flow/mlp", "flow.net"),
+            ("tanh_normal", "modules_edit_actor", "edit_policy"),
+            ("scalar", "modules_alpha/log_value", "log_alpha"),
+        ],
+        losses={
+            "total": "loss",
+            "critic/critic_loss": "critic_loss",
+            "critic/q_mean": "q_data",
+            "actor/bc_flow_loss": "bc_loss",
+            "actor/edit_entropy": "entropy",
+        },
+        ref_overrides={"edit_scale": 0.2},
+        ours_overrides={"edit_scale": 0.2},
     ),
 }
