@@ -232,4 +232,55 @@ METHODS: dict[str, MethodParity] = {
         ref_overrides={"edit_scale": 0.2},
         ours_overrides={"edit_scale": 0.2},
     ),
+    **{
+        name: MethodParity(
+            ref_agent="cgql",
+            ours=name,
+            networks=[
+                ("mlp", "modules_critic/mlp", "critic.net"),
+                ("mlp", "modules_target_critic/mlp", "target_critic.net"),
+                ("mlp", "modules_actor/mlp", "flow.net"),
+                ("mlp", "modules_target_actor/mlp", "target_flow.net"),
+            ],
+            losses={"total": "loss", "critic/critic_loss": "critic_loss", "critic/q_mean": "q_data"},
+            ref_overrides={"mode": mode, "inv_temp": 1.0},
+            ours_overrides={"mode": mode, "inv_temp": 1.0},
+        )
+        for name, mode in (("cgql", "simple"), ("cgql-m", "mse"), ("cgql-l", "linex"))
+    },
+    "bam": MethodParity(
+        ref_agent="bam",
+        ours="bam",
+        networks=[
+            *critic("critic", "critic"),
+            ("mlp", "modules_actor_slow/mlp", "base_flow.net"),
+            ("mlp", "modules_target_actor_slow/mlp", "target_base_flow.net"),
+            ("mlp", "modules_actor_fast/mlp", "fine_flow.net"),
+        ],
+        losses={"total": "loss", "critic/critic_loss": "critic_loss", "critic/q_mean": "q_data"},
+        ref_overrides={"inv_temp": 1.0},
+        ours_overrides={"inv_temp": 1.0},
+        ref_unused=("modules_target_actor_fast",),
+    ),
+    "rlpd": MethodParity(
+        ref_agent="rlpd",
+        ours="rlpd",
+        networks=[
+            *critic("critic", "critic"),
+            ("tanh_normal", "modules_actor", "actor"),
+            ("scalar", "modules_alpha/log_value", "log_alpha"),
+        ],
+        losses={
+            "total": "loss",
+            "critic/critic_loss": "critic_loss",
+            "critic/q_mean": "q_data",
+            "actor/actor_loss": "actor_loss",
+            "actor/alpha_loss": "alpha_loss",
+            "actor/bc_loss": "bc_loss",
+            "actor/alpha": "alpha",
+            "actor/entropy": "entropy",
+        },
+        ref_overrides={"bc_alpha": 0.1},
+        ours_overrides={"bc_alpha": 0.1},
+    ),
 }
