@@ -87,6 +87,11 @@ def test_draw_server_layouts_and_mismatches(tool):
     assert torch.equal(served, torch.from_numpy(eventfirst.T.copy()))
     with pytest.raises(RuntimeError, match="kinds differ"):
         server(torch.randn, (4,), None, None)
+    # integers k from [1, 11) (DDPM steps) come back as uniforms u with floor(10 u) + 1 = k
+    steps = np.arange(1, 11, dtype=np.float32)
+    server.load({"000_randint-1-11": steps})
+    u = server(torch.rand, (10,), None, None)
+    assert torch.equal((u * 10).floor() + 1, torch.from_numpy(steps))
     server.load({"000_normal": np.zeros(3, np.float32)})
     with pytest.raises(RuntimeError, match="sizes differ"):
         server(torch.randn, (2,), None, None)
@@ -101,6 +106,9 @@ def test_name_maps(tool):
     assert maps.tanh_normal_name("MLP_0/Dense_1/bias") == "trunk.linears.1.bias"
     assert maps.tanh_normal_name("OutputDenseLogStd/kernel") == "log_std.weight"
     assert maps.actor_name("mean_net/kernel") == f"net.linears.{len(maps.HIDDEN)}.weight"
+    assert maps.ddpm_name("FourierFeatures_0/kernel") == "time_weight"
+    assert maps.ddpm_name("MLP_1/LayerNorm_2/bias") == "net.norms.2.bias"
+    assert maps.qgf_actor_name("Dense_0/kernel") == f"net.linears.{len(maps.HIDDEN)}.weight"
     with pytest.raises(KeyError):
         maps.mlp_name("Conv_0/kernel")
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from maps import KINDS, METHODS, MethodParity  # noqa: E402
+from maps import KINDS, METHODS, OURS_COMMON, MethodParity  # noqa: E402
 
 import algorithms.base as base  # noqa: E402
 from algorithms import registry  # noqa: E402
@@ -79,7 +79,9 @@ class DrawServer:
     """Replaces algorithms.base._draw: each draw of ours is served from the reference's recorded draws
     in call order, consecutive recorded draws joined when ours asks for several at once (QAM's SDE
     noise is one draw here, one per step there); the kinds (normal / uniform) must agree. Draws
-    recorded in tfp's event-first layout are transposed to ours first."""
+    recorded in tfp's event-first layout are transposed to ours first; an integer k drawn uniformly
+    from [lo, hi) (QGF's grid times, DDPM steps) is served as the uniform (k - lo + 1/2) / (hi - lo),
+    which ours turns back into k."""
 
     def __init__(self) -> None:
         self.queue: list[tuple[str, np.ndarray]] = []
@@ -98,6 +100,11 @@ class DrawServer:
             ref_kind, value = self.queue.pop(0)
             if ref_kind.endswith("-eventfirst"):  # tfp's (D, *batch) layout -> ours (*batch, D)
                 ref_kind, value = ref_kind.split("-")[0], np.moveaxis(value, 0, -1)
+            if ref_kind.startswith(
+                "randint-"
+            ):  # k in [lo, hi) -> a uniform u with floor(u (hi - lo)) = k - lo
+                lo, hi = (int(x) for x in ref_kind.split("-")[1:])
+                ref_kind, value = "uniform", ((value - lo + 0.5) / (hi - lo)).astype(np.float32)
             if ref_kind != kind:
                 raise RuntimeError(
                     f"draw kinds differ: ours {kind} {shape}, reference {ref_kind} {value.shape}"
@@ -127,7 +134,9 @@ def worst(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[float, str]:
 def build_ours(setup: MethodParity, batch: dict[str, np.ndarray], discount: float):
     _, horizon, act_dim = batch["actions"].shape
     spec = EnvSpec(batch["observations"].shape[-1], act_dim, horizon, discount)
-    config = registry.make_config(setup.ours, setup.ours_config())
+    fields = registry.config_fields(setup.ours)
+    common = {k: v for k, v in OURS_COMMON.items() if k in fields}  # QGF has no num_critics key
+    config = registry.make_config(setup.ours, {**common, **setup.ours_overrides})
     return registry.create(setup.ours, spec, config, seed=0)
 
 
@@ -198,14 +207,20 @@ def reference_record(args, setup: MethodParity, name: str, workdir: Path) -> dic
     cmd = [
         args.reference_python,
         str(Path(__file__).resolve().parent / "reference_side.py"),
-        "--reference", args.reference, "--agent", setup.ref_agent, "--out", str(out),
-        "--updates", str(args.updates), *overrides,
+        "--reference", qgf_path(args) if setup.ref_repo == "qgf" else args.reference, "--agent", setup.ref_agent, "--out", str(out),
+        "--updates", str(args.updates), *(["--batched-example"] if setup.ref_repo == "qgf" else []), *overrides,
     ]  # fmt: skip
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"reference side failed for {name}:\n{done.stderr[-3000:]}")
     return load(out)
+
+
+def qgf_path(args: argparse.Namespace) -> str:
+    return args.qgf_reference or str(
+        Path(args.reference).expanduser().parent.parent / "qgf-reference" / "qgf"
+    )
 
 
 def line(name: str, result: dict[str, Any], updates: int) -> tuple[str, bool]:
@@ -222,6 +237,9 @@ def line(name: str, result: dict[str, Any], updates: int) -> tuple[str, bool]:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference", required=True, help="the reference checkout (agents/, utils/)")
+    p.add_argument(
+        "--qgf-reference", help="the QGF reference checkout, for qgf (default: beside --reference)"
+    )
     p.add_argument("--reference-python", required=True, help="the Python of the reference's JAX environment")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of: {', '.join(METHODS)}")
     p.add_argument("--updates", type=int, default=10)

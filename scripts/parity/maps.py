@@ -6,6 +6,8 @@ A network kind maps a reference sub-tree of parameters onto one of our modules:
   mlp          Flax MLP {Dense_i: kernel, bias; LayerNorm_i: scale, bias} -> our MLP (linears.i, norms.i)
   tanh_normal  the reference's TanhNormal {MLP_0, OutputDenseMean, OutputDenseLogStd} -> our TanhGaussian
   actor        the reference's Actor {actor_net, mean_net} -> our ReBRAC TanhActor
+  qgf_actor    the QGF reference's ActorFlowField {MLP_0, Dense_0} -> our EmbeddedTimeVelocityField
+  ddpm         the reference's DDPM (Fourier time features, condition MLP, denoiser MLP) -> our Denoiser
   scalar       a LogParam {log_value} -> one of our parameters (e.g. log_alpha)
 """
 
@@ -47,7 +49,28 @@ def actor_name(ref_key: str) -> str:
     return f"net.linears.{len(HIDDEN)}.{'weight' if leaf == 'kernel' else 'bias'}"
 
 
+def qgf_actor_name(ref_key: str) -> str:
+    """The QGF reference's ActorFlowField {MLP_0: trunk, Dense_0: output} -> our
+    EmbeddedTimeVelocityField (net.linears, net.norms; the output is the last linear layer)."""
+    if ref_key.startswith("MLP_0/"):
+        return "net." + mlp_name(ref_key[len("MLP_0/") :])
+    head, leaf = ref_key.split("/")
+    assert head == "Dense_0", ref_key
+    return f"net.linears.{len(HIDDEN)}.{'weight' if leaf == 'kernel' else 'bias'}"
+
+
+def ddpm_name(ref_key: str) -> str:
+    """The reference's DDPM {FourierFeatures_0: kernel, MLP_0: condition, MLP_1: denoiser} -> our
+    Denoiser (time_weight, condition, net); the Fourier kernel (F/2, 1) is our time_weight (1, F/2)."""
+    if ref_key == "FourierFeatures_0/kernel":
+        return "time_weight"
+    head, rest = ref_key.split("/", 1)
+    return {"MLP_0": "condition.", "MLP_1": "net."}[head] + mlp_name(rest)
+
+
 KINDS = {
+    "ddpm": ddpm_name,
+    "qgf_actor": qgf_actor_name,
     "mlp": mlp_name,
     "tanh_normal": tanh_normal_name,
     "actor": actor_name,
@@ -66,12 +89,10 @@ class MethodParity:
     ref_overrides: dict = field(default_factory=dict)
     ours_overrides: dict = field(default_factory=dict)
     ref_unused: tuple[str, ...] = ()  # reference prefixes ours has no counterpart of (must stay unused)
+    ref_repo: str = "qam"  # which reference: qam (ColinQiyangLi/qam) or qgf (zhouzypaul/qgf)
 
     def ref_config(self) -> dict:
         return {**REF_COMMON, **self.ref_overrides}
-
-    def ours_config(self) -> dict:
-        return {**OURS_COMMON, **self.ours_overrides}
 
 
 def critic(ref: str, ours: str) -> list[tuple[str, str, str]]:
@@ -283,4 +304,50 @@ METHODS: dict[str, MethodParity] = {
         ref_overrides={"bc_alpha": 0.1},
         ours_overrides={"bc_alpha": 0.1},
     ),
+    "qgf": MethodParity(
+        ref_agent="qgf",
+        ours="qgf",
+        ref_repo="qgf",
+        networks=[
+            ("mlp", "modules_critic/value_net", "critic.net"),
+            ("mlp", "modules_target_critic/value_net", "target_critic.net"),
+            ("mlp", "modules_value/value_net", "value"),
+            ("qgf_actor", "modules_policy", "flow"),
+        ],
+        losses={
+            "total": "loss",
+            "policy/bc_loss": "bc_loss",
+            "critic/critic_loss": "critic_loss",
+            "value/value_loss": "value_loss",
+            "value/v": "v_data",
+        },
+        # the QGF paper's settings (suites/ogbench.py QGF_OVERRIDES) at the small sizes
+        ref_overrides={
+            "actor_hidden_dims": HIDDEN,
+            "value_network_kwargs": {"hidden_dims": HIDDEN, "layer_norm": True},
+            "num_qs": 2,
+            "batch_size": 16,
+        },
+        ours_overrides={
+            "actor_layer_norm": True,
+            "time_embedding_dim": 16,
+            "critic_norm_first": True,
+            "actor_output_init": "lecun",
+            "bc_loss": "qgf",
+        },
+    ),
+    **{
+        name: MethodParity(
+            ref_agent="dcgql",
+            ours=name,
+            networks=[*critic("critic", "critic"), ("ddpm", "modules_actor", "actor")],
+            losses={"total": "loss", "critic/critic_loss": "critic_loss", "critic/q": "q_data"},
+            ref_overrides={"actor_loss_type": name, **settings},
+            ours_overrides=settings,
+        )
+        for name, settings in (
+            ("qsm", {"inv_temp": 10.0, "alpha": 10.0, "clip_sampler_after": True}),
+            ("dac", {"alpha": 1.0, "clip_sampler_before": True}),
+        )
+    },
 }

@@ -27,6 +27,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", help="an .npz batch to use instead of a synthetic one")
     p.add_argument("--updates", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batched-example", action="store_true", help="create() takes a batch (QGF's)")
     p.add_argument("--obs-dim", type=int, default=11)
     p.add_argument("--action-dim", type=int, default=3)
     p.add_argument("--horizon", type=int, default=4)
@@ -60,7 +61,7 @@ def synthetic_batch(config, obs_dim: int, act_dim: int, horizon: int, seed: int)
 
 
 class DrawRecorder:
-    """Wraps jax.random.normal/uniform; while `on`, appends every drawn array (call order). A draw made
+    """Wraps jax.random.normal/uniform (and randint, kind 'randint-<min>-<max>'); while `on`, appends every drawn array (call order). A draw made
     inside TensorFlow Probability is recorded as kind 'normal-eventfirst': tfp's diagonal Gaussians draw
     the event dimension first, (D, *batch), and transpose it last; flowarena's draws are (*batch, D)."""
 
@@ -69,6 +70,16 @@ class DrawRecorder:
         for kind in ("normal", "uniform"):
             original = getattr(jax.random, kind)
             setattr(jax.random, kind, self._wrap(kind, original))
+        randint = jax.random.randint
+
+        def draw_int(key, shape, minval, maxval, *args, **kwargs):
+            out = randint(key, shape, minval, maxval, *args, **kwargs)
+            if self.on:  # QGF's grid times, DDPM steps: recorded with their range
+                self.draws.append(np.asarray(out, dtype=np.float32))
+                self.kinds.append(f"randint-{int(minval)}-{int(maxval)}")
+            return out
+
+        jax.random.randint = draw_int
 
     def _wrap(self, kind, original):
         def draw(*args, **kwargs):
@@ -101,6 +112,38 @@ def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
+def params_of(agent) -> dict:
+    """All parameters as one tree: the QAM reference's one ModuleDict (`modules_<name>/...`), or the
+    QGF reference's separate train states, named the same way."""
+    if hasattr(agent, "network"):
+        return agent.network.params
+    return {f"modules_{k}": getattr(agent, k).params for k in ("policy", "critic", "target_critic", "value")}
+
+
+def losses_and_grads(jax, agent, batch, rng):
+    """(total loss, info, gradients) of the update the agent is about to make with key `rng`."""
+    if hasattr(agent, "network"):
+
+        def loss_fn(params):
+            return agent.total_loss(batch, params, rng=rng)
+
+        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(agent.network.params)
+        return loss, info, grads
+    # QGF: three losses, each on its own network (update() hands the policy loss the same key)
+    parts = {
+        "policy": lambda p: agent.policy_loss(batch, p, rng=rng),
+        "critic": lambda p: agent.critic_loss(batch, p),
+        "value": lambda p: agent.value_loss(batch, p),
+    }
+    loss, info, grads = 0.0, {}, {}
+    for name, fn in parts.items():
+        (value, part_info), grad = jax.value_and_grad(fn, has_aux=True)(getattr(agent, name).params)
+        loss = loss + value
+        info.update({f"{name}/{k}": v for k, v in part_info.items()})
+        grads[f"modules_{name}"] = grad
+    return loss, info, grads
+
+
 def main() -> None:
     args = parse_args()
     sys.path.insert(0, args.reference)
@@ -121,29 +164,29 @@ def main() -> None:
         batch = dict(np.load(args.batch))
     else:
         batch = synthetic_batch(config, args.obs_dim, args.action_dim, args.horizon, args.seed + 1)
+    example = slice(None) if args.batched_example else 0
     agent = agents[config["agent_name"]].create(
-        args.seed, batch["observations"][0], batch["actions"][0, 0], config
+        args.seed, batch["observations"][example], batch["actions"][example, 0], config
     )
     record = {f"batch/{k}": v for k, v in batch.items()}
-    record.update({f"init/{k}": v for k, v in flatten(agent.network.params).items()})
+    record.update({f"init/{k}": v for k, v in flatten(params_of(agent)).items()})
     with jax.disable_jit():
         for step in range(1, args.updates + 1):
-            _, rng = jax.random.split(agent.rng)  # the key _update hands to total_loss
+            _, rng = jax.random.split(agent.rng)  # the key the update hands to its losses
             recorder.on, recorder.draws, recorder.kinds = True, [], []
-
-            def loss_fn(params, agent=agent, rng=rng):
-                return agent.total_loss(batch, params, rng=rng)
-
-            (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(agent.network.params)
+            loss, info, grads = losses_and_grads(jax, agent, batch, rng)
             recorder.on = False
             for i, (draw, kind) in enumerate(zip(recorder.draws, recorder.kinds)):
                 record[f"draws{step}/{i:03d}_{kind}"] = draw
-            agent, _ = agent.update(batch)
+            if "actor_freq" in config:  # ReBRAC: main.py moves the targets on every actor_freq-th step
+                agent, _ = agent.update(batch, full_update=step % config["actor_freq"] == 0)
+            else:
+                agent, _ = agent.update(batch)
             if step in (1, args.updates):
                 record[f"loss{step}/total"] = np.float32(loss)
                 record.update({f"loss{step}/{k}": np.float32(v) for k, v in info.items() if np.size(v) == 1})
                 record.update({f"grad{step}/{k}": v for k, v in flatten(grads).items()})
-                record.update({f"params{step}/{k}": v for k, v in flatten(agent.network.params).items()})
+                record.update({f"params{step}/{k}": v for k, v in flatten(params_of(agent)).items()})
     record["meta/updates"] = np.int64(args.updates)
     record["meta/discount"] = np.float32(config["discount"])
     np.savez(args.out, **record)
