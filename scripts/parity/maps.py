@@ -90,6 +90,9 @@ class MethodParity:
     ours_overrides: dict = field(default_factory=dict)
     ref_unused: tuple[str, ...] = ()  # reference prefixes ours has no counterpart of (must stay unused)
     ref_repo: str = "qam"  # which reference: qam (ColinQiyangLi/qam) or qgf (zhouzypaul/qgf)
+    # Declared departures (README) that scale a loss term and its gradients: reference loss key or
+    # reference parameter prefix -> ours / reference. Compared after dividing ours by the factor.
+    declared: dict[str, float] = field(default_factory=dict)
 
     def ref_config(self) -> dict:
         return {**REF_COMMON, **self.ref_overrides}
@@ -210,7 +213,6 @@ METHODS: dict[str, MethodParity] = {
             "value/value_loss": "value_loss",
             "value/v_mean": "v_data",
             "critic/critic_loss": "critic_loss",
-            "critic/q_mean": "q_data",
             "actor/actor_loss": "bc_loss",
         },
         ref_overrides={"kappa": 0.9},
@@ -308,6 +310,7 @@ METHODS: dict[str, MethodParity] = {
         ref_agent="qgf",
         ours="qgf",
         ref_repo="qgf",
+        declared={"critic/critic_loss": 2.0, "modules_critic/": 2.0},  # ours sums the 2 critics' MSEs
         networks=[
             ("mlp", "modules_critic/value_net", "critic.net"),
             ("mlp", "modules_target_critic/value_net", "target_critic.net"),
@@ -341,7 +344,9 @@ METHODS: dict[str, MethodParity] = {
             ref_agent="dcgql",
             ours=name,
             networks=[*critic("critic", "critic"), ("ddpm", "modules_actor", "actor")],
-            losses={"total": "loss", "critic/critic_loss": "critic_loss", "critic/q": "q_data"},
+            # no "total": the reference raises each actor loss to the power valid (a chunk that ended
+            # early adds 1), ours weighs it 0 (declared); the gradients are the same
+            losses={"critic/critic_loss": "critic_loss", "critic/q": "q_data"},
             ref_overrides={"actor_loss_type": name, **settings},
             ours_overrides=settings,
         )
