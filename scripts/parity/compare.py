@@ -199,8 +199,15 @@ def compare(setup: MethodParity, record: dict[str, np.ndarray], ours: dict[str, 
     for step in (1, updates):
         ref_loss, ref_grad, ref_par = (group(record, f"{g}{step}") for g in ("loss", "grad", "params"))
         mine = ours[step]
-        losses = {r: (np.float32(mine["metrics"][o]), ref_loss[r]) for r, o in setup.losses.items()}
-        grads = {r: (mine["grads"][o], ref_grad[r]) for r, o in mapping.items() if o in mine["grads"]}
+        losses = {
+            r: (np.float32(mine["metrics"][o]) / declared_factor(setup, r), ref_loss[r])
+            for r, o in setup.losses.items()
+        }
+        grads = {
+            r: (mine["grads"][o] / declared_factor(setup, r), ref_grad[r])
+            for r, o in mapping.items()
+            if o in mine["grads"]
+        }
         params = {r: (mine["params"][o], ref_par[r]) for r, o in mapping.items()}
         result[step] = {"loss": worst(losses), "grad": worst(grads), "param": worst(params)}
     return result
@@ -231,16 +238,16 @@ def qgf_path(args: argparse.Namespace) -> str:
 
 
 def line(setup: MethodParity, name: str, result: dict[str, Any], updates: int) -> tuple[str, bool]:
-    """One line per method. With a declared departure that scales a loss (QGF), Adam's epsilon
-    makes the parameters differ slightly: such a method passes as DECLARED when its losses and
-    gradients (factor divided out) pass and its parameters are within TOL_MANY."""
+    """One line per method. A method with declared departures (README; QGF) is DECLARED when every
+    error (scaling factors divided out) is within TOL_MANY: what remains are the departures'
+    measured effects (docs/fidelity.md)."""
     ok, ok_declared = True, True
     parts = []
     for step, tol in ((1, TOL_ONE), (updates, TOL_MANY)):
         for what in ("loss", "grad", "param"):
             err, where = result[step][what]
             ok &= err <= tol
-            ok_declared &= err <= (TOL_MANY if what == "param" else tol)
+            ok_declared &= err <= TOL_MANY
             parts.append(f"{what}@{step} {err:.1e}")
     status = "PASS" if ok else "DECLARED" if setup.declared and ok_declared else "FAIL"
     return f"{name:8s} {status:8s}  " + "  ".join(parts), status != "FAIL"

@@ -317,12 +317,10 @@ METHODS: dict[str, MethodParity] = {
             ("mlp", "modules_value/value_net", "value"),
             ("qgf_actor", "modules_policy", "flow"),
         ],
-        losses={
-            "total": "loss",
+        losses={  # no "total": ours holds the critic term twice (declared)
             "policy/bc_loss": "bc_loss",
             "critic/critic_loss": "critic_loss",
             "value/value_loss": "value_loss",
-            "value/v": "v_data",
         },
         # the QGF paper's settings (suites/ogbench.py QGF_OVERRIDES) at the small sizes
         ref_overrides={
