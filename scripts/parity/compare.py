@@ -7,7 +7,8 @@ same config, copies the reference's initial parameters into it (scripts/parity/m
 update the recorded draws in call order (by patching `algorithms.base._draw`, through which every random
 draw of an update goes), runs the same N updates and compares every loss term, every gradient and every
 parameter (online and target). Error = max |ours - reference| / max |reference| per tensor, the largest
-over all tensors; one line per method.
+over all tensors; one line per method. It also compares our own initialisation with the reference's
+statistically (`init_check`).
 
 usage (from the repository root, with flowarena's environment):
   python scripts/parity/compare.py --reference ~/.cache/qam-reference/qam \
@@ -213,6 +214,27 @@ def compare(setup: MethodParity, record: dict[str, np.ndarray], ours: dict[str, 
     return result
 
 
+def init_check(setup: MethodParity, record: dict[str, np.ndarray]) -> tuple[float, str]:
+    """Our own initialisation against the reference's, tensor by tensor (different draws, so
+    statistically): a constant reference tensor (zero biases, LayerNorm's ones) must be the same
+    constant in ours, any other must have the same standard deviation within 5 / sqrt(n) relative
+    (n entries; the sampling error of a standard deviation is below 0.71 / sqrt(n) for every
+    distribution used here). Returns the worst |ratio - 1| in units of that bound (<= 1 passes)."""
+    init = group(record, "init")
+    agent = build_ours(setup, group(record, "batch"), float(record["meta/discount"]))
+    mine = {n: p.detach().numpy().ravel() for n, p in agent.named_parameters()}
+    worst, where = 0.0, ""
+    for ref_key, our_key in param_map(setup, init).items():
+        ours, ref = mine[our_key], init[ref_key].ravel()
+        if np.all(ref == ref[0]):
+            dev = 0.0 if np.all(ours == ref[0]) else math.inf
+        else:
+            dev = abs(ours.std() / ref.std() - 1) * math.sqrt(ref.size) / 5
+        if dev > worst:
+            worst, where = dev, ref_key
+    return worst, where
+
+
 def reference_record(args, setup: MethodParity, name: str, workdir: Path) -> dict[str, np.ndarray]:
     out = workdir / f"{name}.npz"
     if args.reuse and out.exists():
@@ -249,6 +271,10 @@ def line(setup: MethodParity, name: str, result: dict[str, Any], updates: int) -
             ok &= err <= tol
             ok_declared &= err <= TOL_MANY
             parts.append(f"{what}@{step} {err:.1e}")
+    init, _ = result["init"]
+    ok &= init <= 1
+    ok_declared &= init <= 1
+    parts.append(f"init {init:.2f}")
     status = "PASS" if ok else "DECLARED" if setup.declared and ok_declared else "FAIL"
     return f"{name:8s} {status:8s}  " + "  ".join(parts), status != "FAIL"
 
@@ -289,6 +315,7 @@ def main() -> int:
             record = reference_record(args, setup, name, workdir)
             ours = run_ours(setup, record)
             result = compare(setup, record, ours)
+            result["init"] = init_check(setup, record)
             text, ok = line(setup, name, result, args.updates)
             all_ok &= ok
             print(text, flush=True)
@@ -296,6 +323,7 @@ def main() -> int:
                 for step in (1, args.updates):
                     for what, (err, where) in result[step].items():
                         print(f"    {what}@{step}: {err:.2e} at {where}")
+                print(f"    init: {result['init'][0]:.2f} (of the 5/sqrt(n) bound) at {result['init'][1]}")
                 unused = {str(u) for u in ours["unused_draws"][0]}
                 print(f"    reference draws ours did not use (per update): {sorted(unused) or 'none'}")
     return 0 if all_ok else 1
