@@ -88,8 +88,9 @@ class DrawServer:
         self.queue: list[tuple[str, np.ndarray]] = []
         self.served = 0
 
-    def load(self, draws: dict[str, np.ndarray]) -> None:
-        self.queue = [(k.split("_", 1)[1], draws[k]) for k in sorted(draws)]
+    def load(self, draws: dict[str, np.ndarray], skip: tuple[int, ...] = ()) -> None:
+        """This update's recorded draws, less those at positions `skip` (never used by the reference)."""
+        self.queue = [(k.split("_", 1)[1], draws[k]) for i, k in enumerate(sorted(draws)) if i not in skip]
         self.served = 0
 
     def __call__(self, fn: Callable, shape: tuple[int, ...], generator: Any, device: Any) -> torch.Tensor:
@@ -173,7 +174,7 @@ def run_ours(setup: MethodParity, record: dict[str, np.ndarray]) -> dict[str, An
     out: dict[str, Any] = {"mapping": mapping, "unused_draws": []}
     try:
         for step in range(1, updates + 1):
-            server.load(group(record, f"draws{step}"))
+            server.load(group(record, f"draws{step}"), setup.skip_draws)
             metrics = dict(agent.update(batch))
             out["unused_draws"].append([v.shape for _, v in server.queue])
             if step in (1, updates):

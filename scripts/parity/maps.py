@@ -93,6 +93,9 @@ class MethodParity:
     # Declared departures (README) that scale a loss term and its gradients: reference loss key or
     # reference parameter prefix -> ours / reference. Compared after dividing ours by the factor.
     declared: dict[str, float] = field(default_factory=dict)
+    # positions (in each update's recorded draws) of reference draws that the reference never uses,
+    # e.g. QAM's noise drawn for the last SDE step, which is a plain Euler step
+    skip_draws: tuple[int, ...] = ()
 
     def ref_config(self) -> dict:
         return {**REF_COMMON, **self.ref_overrides}
@@ -144,6 +147,54 @@ METHODS: dict[str, MethodParity] = {
         ref_overrides={"inv_temp": 1.0},
         ours_overrides={"inv_temp": 1.0},
         ref_unused=("modules_target_actor_fast",),
+    ),
+    "qam-fql": MethodParity(
+        ref_agent="qam",
+        ours="qam-fql",
+        networks=[
+            *critic("critic", "critic"),
+            ("mlp", "modules_actor_slow/mlp", "base_flow.net"),
+            ("mlp", "modules_target_actor_slow/mlp", "target_base_flow.net"),
+            ("mlp", "modules_actor_fast/mlp", "fine_flow.net"),
+            ("mlp", "modules_one_step_actor/mlp", "one_step"),
+        ],
+        losses={
+            "total": "loss",
+            "critic/critic_loss": "critic_loss",
+            "actor/flow_loss": "bc_loss",
+            "actor/adj_loss": "adjoint_loss",
+            "actor/fql_distill_loss": "distill_loss",
+        },
+        ref_overrides={"inv_temp": 1.0, "fql_alpha": 30.0},
+        ours_overrides={"inv_temp": 1.0, "fql_alpha": 30.0},
+        ref_unused=("modules_target_actor_fast",),
+        # draws: next-action noise, BC x_0 and t, SDE x_0, 10 step noises (the 10th unused), ...
+        skip_draws=(13,),
+    ),
+    "qam-edit": MethodParity(
+        ref_agent="qam",
+        ours="qam-edit",
+        networks=[
+            *critic("critic", "critic"),
+            ("mlp", "modules_actor_slow/mlp", "base_flow.net"),
+            ("mlp", "modules_target_actor_slow/mlp", "target_base_flow.net"),
+            ("mlp", "modules_actor_fast/mlp", "fine_flow.net"),
+            ("tanh_normal", "modules_edit_actor", "edit_policy"),
+            ("scalar", "modules_edit_alpha/log_value", "log_alpha"),
+        ],
+        losses={
+            "total": "loss",
+            "critic/critic_loss": "critic_loss",
+            "actor/flow_loss": "bc_loss",
+            "actor/adj_loss": "adjoint_loss",
+            "actor/edit_entropy": "entropy",
+            "actor/edit_alpha": "alpha",
+        },
+        ref_overrides={"inv_temp": 1.0, "edit_scale": 0.1},
+        ours_overrides={"inv_temp": 1.0, "edit_scale": 0.1},
+        ref_unused=("modules_target_actor_fast",),
+        # draws: next-action noise and edit, BC x_0 and t, SDE x_0, 10 step noises (10th unused), ...
+        skip_draws=(14,),
     ),
     "dsrl": MethodParity(
         ref_agent="dsrl",
