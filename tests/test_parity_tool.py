@@ -92,6 +92,9 @@ def test_draw_server_layouts_and_mismatches(tool):
     server.load({"000_randint-1-11": steps})
     u = server(torch.rand, (10,), None, None)
     assert torch.equal((u * 10).floor() + 1, torch.from_numpy(steps))
+    # a draw the reference never uses is skipped by position
+    server.load({"000_normal": np.zeros(2, np.float32), "001_normal": np.ones(2, np.float32)}, skip=(0,))
+    assert torch.equal(server(torch.randn, (2,), None, None), torch.ones(2))
     server.load({"000_normal": np.zeros(3, np.float32)})
     with pytest.raises(RuntimeError, match="sizes differ"):
         server(torch.randn, (2,), None, None)
