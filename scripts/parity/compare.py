@@ -175,7 +175,15 @@ def run_ours(setup: MethodParity, record: dict[str, np.ndarray]) -> dict[str, An
     try:
         for step in range(1, updates + 1):
             server.load(group(record, f"draws{step}"), setup.skip_draws)
+            grads.clear()
             metrics = dict(agent.update(batch))
+            if not grads:
+                raise RuntimeError(
+                    "no gradients seen: Agent.update no longer calls _polyak_update between backward and "
+                    "the optimiser step; update scripts/parity/compare.py (run_ours) to match"
+                )
+            if server.queue and not server.served:
+                raise RuntimeError("our update drew no random numbers through algorithms.base._draw")
             out["unused_draws"].append([v.shape for _, v in server.queue])
             if step in (1, updates):
                 out[step] = {

@@ -398,6 +398,8 @@ METHODS: dict[str, MethodParity] = {
             losses={"critic/critic_loss": "critic_loss", "critic/q": "q_data"},
             ref_overrides={"actor_loss_type": name, **settings},
             ours_overrides=settings,
+            # draws: x_T, then one z per reverse step t = T..1; the z of t = 1 is never added
+            skip_draws=(10,),
         )
         for name, settings in (
             ("qsm", {"inv_temp": 10.0, "alpha": 10.0, "clip_sampler_after": True}),
