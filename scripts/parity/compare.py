@@ -248,6 +248,7 @@ def reference_record(args, setup: MethodParity, name: str, workdir: Path) -> dic
     out = workdir / f"{name}.npz"
     if args.reuse and out.exists():
         return load(out)
+    print(f"{name}: running the reference ({setup.ref_agent}) with JIT off...", file=sys.stderr, flush=True)
     overrides = [f"{k}={v!r}" for k, v in setup.ref_config().items()]
     cmd = [
         args.reference_python,
