@@ -322,11 +322,6 @@ def main() -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         for name in names:
             setup = METHODS[name]
-            print(
-                f"{name}: running the reference ({setup.ref_agent}) with JIT off...",
-                file=sys.stderr,
-                flush=True,
-            )
             record = reference_record(args, setup, name, workdir)
             ours = run_ours(setup, record)
             result = compare(setup, record, ours)
