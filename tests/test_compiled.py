@@ -166,3 +166,23 @@ def test_auto_compiles_long_runs_only():
 
     assert not wants_compile("auto", AUTO_MIN_UPDATES - 1) and wants_compile("auto", AUTO_MIN_UPDATES)
     assert wants_compile("on", 10) and not wants_compile("off", 10**7)
+
+
+def test_sweeps_pass_compile_to_their_runs_and_refuse_a_bad_value(tmp_path, capsys):
+    from harness.cli import build_parser
+    from harness.sweep.cli import spec_from_args
+    from harness.sweep.plan import make_plan
+
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text(
+        f'name = "c"\nsuite = "smoke"\nmethods = ["fql"]\ncompile = "off"\nout = "{tmp_path}"\n'
+    )
+
+    def plan(*argv: str):
+        return make_plan(spec_from_args(build_parser().parse_args(["sweep", str(spec_file), *argv])))
+
+    assert {run.spec.compile for run in plan().runs} == {"off"}
+    assert {run.spec.compile for run in plan("--compile", "on").runs} == {"on"}  # flags win
+    spec_file.write_text(spec_file.read_text().replace('"off"', '"sometimes"'))
+    assert main(["sweep", str(spec_file), "--dry-run"]) == 2
+    assert "compile must be one of auto, on, off" in capsys.readouterr().err
