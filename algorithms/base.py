@@ -23,10 +23,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from algorithms.compiled import CompiledUpdate
 
 ACT_SEED_OFFSET = 1_000_003  # the acting generator of seed s starts from seed s + this
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
@@ -225,7 +228,7 @@ class Agent(nn.Module):
         self.max_grad_norm: float | None = None
         self._target_pairs: list[tuple[nn.Module, nn.Module]] = []
         self.target_tau = 0.0
-        self.compiled_update: Any = None  # set by use_compiled_update
+        self.compiled_update: CompiledUpdate | None = None  # set by use_compiled_update
 
     # --- what a method implements -------------------------------------------------
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -300,9 +303,9 @@ class Agent(nn.Module):
         _TAPE.replay, _TAPE.position = draws, 0
         loss, metrics = self.loss(batch)
         _TAPE.replay = None
-        values = {name: value.detach() for name, value in metrics.items()}
+        values = {name: torch.as_tensor(value).detach() for name, value in metrics.items()}
         total = loss.sum()
-        del metrics
+        del metrics  # in a compiled graph no tensor of the loss's graph may outlive its backward pass
         total.backward()
         if self.max_grad_norm is not None:
             values["grad_norm"] = clip_grad_norm_stacked(

@@ -7,13 +7,15 @@ Measures, for the method's update at a fixed network and batch configuration:
 
 - updates/s: the training loop's step (sample a batch from the replay buffer on the device, one
   update, its metrics into the device-side NaN tracker, read every 100 steps as in training),
-  timed over `--steps` steps after `--warmup` steps, the device synchronised at both ends;
-  with `--seeds S` one step updates S stacked seeds, and `seed_updates_per_s` = S x updates/s
+  timed over `--steps` steps after `--warmup` steps, the device synchronised at both ends, the
+  best of `--repeats` rounds; with `--seeds S` one step updates S stacked seeds, and
+  `seed_updates_per_s` = S x updates/s
 - GFLOP/s: floating-point operations of one update counted by torch's FlopCounterMode (matrix
   products; elementwise work is not counted) times updates/s
 - compile s: with a compiled update (`--compile on`; `auto`, the default, is what a full-length run
-  does: on), the time of the first update, which plans its draws and compiles it, less a
-  compiled update's time; `both` times the eager and the compiled update back to back
+  does on this device: on for a CPU), the time of the first update, which plans its draws and compiles it, less a
+  compiled update's time; `both` times the eager and the compiled update back to back, taking
+  turns in every round
 - peak GFLOP/s: one large float32 matrix product on the same device (its practical peak), and each
   update's GFLOP/s as a share of it
 - sampler batches/s: the replay buffer's chunk sampler alone
@@ -49,6 +51,7 @@ MEDIUM = {"hidden_dims": (256, 256, 256), "num_critics": 2, "batch_size": 256}
 BENCH_COMPILE = ("auto", "on", "off", "both")
 PEAK_MATMUL_SIZE = 2048
 ALL_METHODS = "all"
+FULL_LENGTH_UPDATES = 1_500_000
 PAPER_SHAPES = {"obs_dim": 37, "action_dim": 5, "horizon": 5, "discount": 0.99}
 DEFAULT_EVAL_TASK = "cube-double-play-singletask-task1-v0"
 SYNTHETIC_TRANSITIONS = 20_000
@@ -62,6 +65,7 @@ class BenchSettings:
     device: str = "auto"
     steps: int = 20
     warmup: int = 3
+    repeats: int = 1  # rounds of `steps` timed updates; the best round counts
     seeds: int = 1
     sampler_batches: int = 200
     eval_episodes: int = 10
@@ -81,6 +85,7 @@ class BenchSettings:
             "steps": 1,
             "warmup": 0,
             "seeds": 1,
+            "repeats": 1,
             "sampler_batches": 0,
             "eval_episodes": 0,
             "eval_workers": 0,
@@ -106,9 +111,14 @@ def bench_config(method: Any, config: str, overrides: dict[str, str]) -> Any:
     return registry.make_config(method, {**values, **overrides})
 
 
-def compile_modes(choice: str) -> list[bool]:
-    """The update paths `--compile` times: eager (False) and/or compiled (True)."""
-    return {"auto": [True], "on": [True], "off": [False], "both": [False, True]}[choice]
+def compile_modes(choice: str, device: Any) -> list[bool]:
+    """The update paths `--compile` times: eager (False) and/or compiled (True); `auto` as a
+    full-length run (the ogbench suite's 1.5M steps) on `device` would update."""
+    from harness.run.compile import wants_compile
+
+    if choice == "auto":
+        return [wants_compile("auto", FULL_LENGTH_UPDATES, device.type)]
+    return {"on": [True], "off": [False], "both": [False, True]}[choice]
 
 
 def peak_gflops(device: Any, size: int = PEAK_MATMUL_SIZE, repeats: int = 5) -> float:
@@ -205,13 +215,16 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
     eager = make_agent()
     n_params = sum(p.numel() for p in eager.parameters() if p.requires_grad)
     say(f"{method.name}: {n_params / 1e6:.2f}M trainable parameters, batch {config.batch_size}, {device}")
-    timings = {}
-    for compiled in compile_modes(settings.compile):
+    steppers = {}
+    for compiled in compile_modes(settings.compile, device):
         agent = make_agent() if compiled else eager
         if compiled:
             agent.use_compiled_update()
             say("compiling the update (minutes on a few CPU cores the first time, seconds from the cache)")
-        timings[compiled] = time_updates(agent, buffer, config.batch_size, stack, settings, device, say)
+        steppers[compiled] = TrainingStep(agent, buffer, config.batch_size, stack, settings.seeds, device)
+        for _ in range(settings.warmup):
+            steppers[compiled]()
+    timings = time_alternately(steppers, settings, device, say)
     flops = update_flops(eager, buffer.sample(config.batch_size, stack=stack))
     sampler_rate = None
     if settings.sampler_batches:
@@ -232,6 +245,7 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
         "parameters": n_params,
         "steps": settings.steps,
         "warmup": settings.warmup,
+        "repeats": settings.repeats,
         "updates_per_s": main["updates_per_s"],
         "seed_updates_per_s": main["updates_per_s"] * settings.seeds,
         "ms_per_update": 1000.0 / main["updates_per_s"],
@@ -246,37 +260,50 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
     return result
 
 
-def time_updates(
-    agent: Any,
-    buffer: Any,
-    batch_size: int,
-    stack: tuple[int, ...],
-    settings: BenchSettings,
-    device: Any,
-    say: Callable[[str], None],
-) -> dict[str, float]:
-    """updates/s of the training loop's step (sample on the device, update, metrics into the
-    device-side NaN tracker, read every DIVERGENCE_CHECK_INTERVAL steps), and the first update's
-    extra time (a compiled update's compilation)."""
-    from harness.run.members import DIVERGENCE_CHECK_INTERVAL, DivergenceTracker
+class TrainingStep:
+    """The training loop's step for one agent: sample on the device, update, metrics into the
+    device-side NaN tracker, read every DIVERGENCE_CHECK_INTERVAL steps. The first call's time is
+    kept: a compiled update plans its draws and compiles then."""
 
-    tracker = DivergenceTracker(settings.seeds, device)
-    steps = iter(range(1, 1 << 62))
+    def __init__(
+        self, agent: Any, buffer: Any, batch_size: int, stack: tuple, seeds: int, device: Any
+    ) -> None:
+        from harness.run.members import DivergenceTracker
 
-    def step() -> None:
-        index = next(steps)
-        tracker.record(index, agent.update(buffer.sample(batch_size, stack=stack)))
-        if index % DIVERGENCE_CHECK_INTERVAL == 0:
-            tracker.check()
+        self.agent, self.buffer, self.batch_size, self.stack = agent, buffer, batch_size, stack
+        self.tracker = DivergenceTracker(seeds, device)
+        self.index = 0
+        self.first_s = 1.0 / _rate(1, self, device)
 
-    first_s = 1.0 / _rate(1, step, device)
-    for _ in range(settings.warmup):
-        step()
-    path = "compiled" if agent.compiled_update is not None else "eager"
-    say(f"timing {settings.steps} {path} updates")
-    updates_per_s = _rate(settings.steps, step, device)
-    say(f"{updates_per_s:.3g} {path} updates/s")
-    return {"updates_per_s": updates_per_s, "compile_s": max(0.0, first_s - 1.0 / updates_per_s)}
+    def __call__(self) -> None:
+        from harness.run.members import DIVERGENCE_CHECK_INTERVAL
+
+        self.index += 1
+        self.tracker.record(
+            self.index, self.agent.update(self.buffer.sample(self.batch_size, stack=self.stack))
+        )
+        if self.index % DIVERGENCE_CHECK_INTERVAL == 0:
+            self.tracker.check()
+
+
+def time_alternately(
+    steppers: dict[bool, TrainingStep], settings: BenchSettings, device: Any, say: Callable[[str], None]
+) -> dict[bool, dict[str, float]]:
+    """updates/s of each path (False: eager, True: compiled), best of `--repeats` rounds of
+    `--steps` updates, the paths taking turns in every round so that a busy machine slows both
+    alike; and each path's extra time at its first update (compile_s)."""
+    rates: dict[bool, list[float]] = {compiled: [] for compiled in steppers}
+    for round_index in range(settings.repeats):
+        for compiled, step in steppers.items():
+            path = "compiled" if compiled else "eager"
+            say(f"timing {settings.steps} {path} updates (round {round_index + 1}/{settings.repeats})")
+            rates[compiled].append(_rate(settings.steps, step, device))
+            say(f"{rates[compiled][-1]:.3g} {path} updates/s")
+    timings = {}
+    for compiled, step in steppers.items():
+        best = max(rates[compiled])
+        timings[compiled] = {"updates_per_s": best, "compile_s": max(0.0, step.first_s - 1.0 / best)}
+    return timings
 
 
 def bench_evaluation(settings: BenchSettings, device: Any, say: Callable[[str], None]) -> dict[str, Any]:
@@ -442,6 +469,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         steps=args.steps,
         warmup=args.warmup,
+        repeats=args.repeats,
         seeds=args.seeds,
         sampler_batches=args.sampler_batches,
         eval_episodes=args.eval_episodes,
@@ -482,12 +510,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--compile",
         default="auto",
         choices=BENCH_COMPILE,
-        help="time the compiled update (on; auto, the default, as a full-length run), the eager one (off), "
-        "or both back to back",
+        help="time the compiled update (on), the eager one (off), both back to back, or auto (the "
+        "default): the one a full-length run on this device uses",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--steps", type=int, default=20, help="timed updates (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed updates first (default 3)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds of --steps timed updates, the best counts; with --compile both the two paths take "
+        "turns in each round (default 1)",
+    )
     p.add_argument("--seeds", type=int, default=1, help="stacked seeds per update (default 1)")
     p.add_argument("--sampler-batches", type=int, default=200, help="timed sampler batches (0: skip)")
     p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes (0: skip)")

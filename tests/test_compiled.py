@@ -164,8 +164,10 @@ def test_killed_compiled_run_resumes_to_the_uninterrupted_compiled_records(datas
 def test_auto_compiles_long_runs_only():
     from harness.run.compile import AUTO_MIN_UPDATES, wants_compile
 
-    assert not wants_compile("auto", AUTO_MIN_UPDATES - 1) and wants_compile("auto", AUTO_MIN_UPDATES)
-    assert wants_compile("on", 10) and not wants_compile("off", 10**7)
+    assert not wants_compile("auto", AUTO_MIN_UPDATES - 1, "cpu")
+    assert wants_compile("auto", AUTO_MIN_UPDATES, "cpu")
+    assert not wants_compile("auto", 10**7, "cuda:1")  # not measured on a GPU yet: --compile on there
+    assert wants_compile("on", 10, "cuda") and not wants_compile("off", 10**7, "cpu")
 
 
 def test_sweeps_pass_compile_to_their_runs_and_refuse_a_bad_value(tmp_path, capsys):

@@ -2,9 +2,10 @@
 and the directory where torch keeps compiled code so that the runs of a sweep compile once.
 
 Compiling never changes a run's numbers beyond float rounding, so the choice is recorded in
-spec.json but is not part of a run's identity. `auto` compiles a run long enough for the speed-up
-to repay the compilation (about one to three minutes per method on 2 CPU cores, seconds once the
-cache holds it; the README's performance section has the measurements).
+spec.json but is not part of a run's identity. `auto` compiles a run on a CPU when it is long enough
+for the speed-up to repay the compilation (the README's performance section has the
+measurements); on CUDA it does not compile until the compiled update has been measured on a GPU
+(`--compile on` compiles there too).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def add_compile_flag(parser: argparse.ArgumentParser, default: str | None = "aut
         default=default,
         choices=COMPILE_CHOICES,
         help="run each update as one torch.compile graph: on, off, or auto (default: compile runs of "
-        f"{AUTO_MIN_UPDATES:,} updates or more); never part of a run's identity",
+        f"{AUTO_MIN_UPDATES:,} updates or more on a CPU); never part of a run's identity",
     )
 
 
@@ -41,10 +42,22 @@ def check_choice(choice: str) -> str:
     return choice
 
 
-def wants_compile(choice: str, updates: int) -> bool:
-    """Whether a run of `updates` updates compiles under `--compile choice`."""
+def wants_compile(choice: str, updates: int, device: str = "auto") -> bool:
+    """Whether a run of `updates` updates on `device` (as `--device` takes it) compiles under
+    `--compile choice`."""
     check_choice(choice)
-    return choice == "on" or (choice == "auto" and updates >= AUTO_MIN_UPDATES)
+    if choice != "auto":
+        return choice == "on"
+    return updates >= AUTO_MIN_UPDATES and device_type(device) == "cpu"
+
+
+def device_type(device: str) -> str:
+    """cpu or cuda, as `--device` (auto, cpu, cuda, cuda:N) resolves here."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 def use_cache_dir(directory: Path | str) -> Path:

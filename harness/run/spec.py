@@ -101,7 +101,7 @@ class ResolvedRun:
     @property
     def compiled(self) -> bool:
         """Whether this run's update runs compiled (`--compile`, harness/run/compile.py)."""
-        return wants_compile(self.spec.compile, self.spec.budget.total_steps)
+        return wants_compile(self.spec.compile, self.spec.budget.total_steps, self.spec.device)
 
     def record_spec(self) -> dict[str, Any]:
         """spec.json: all that is needed to rerun."""
