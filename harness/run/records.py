@@ -31,7 +31,7 @@ STATES = ("pending", "running", "done", "failed", "diverged")
 FINAL_STATES = ("done", "diverged")
 # status.json fields that hold only until the next write that does not repeat them: an error is
 # cleared by a retry, the heartbeat's `activity` (harness/run/heartbeat.py) by any other write
-TRANSIENT_STATUS = ("error", "metric", "traceback", "activity")
+TRANSIENT_STATUS = ("error", "metric", "traceback", "activity", "corrupt")
 EVAL_COLUMNS = [
     "sweep",
     "method",
@@ -131,8 +131,10 @@ def read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except Exception as error:  # pyarrow raises several types for a damaged file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(
-            f"{path} is not a readable parquet file ({error}); move it away to start over"
+            f"{path} is not a readable parquet file ({reason}); restore it from a backup, or move its "
+            f"run directory away and run the run again"
         ) from None
 
 
