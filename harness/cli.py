@@ -129,15 +129,19 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 
 # --- evaluate ---------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.run.lock import hold_run_locks
     from harness.run.reevaluate import reevaluate
 
-    report = reevaluate(
-        args.run_dir,
-        parse_eval_grid(args.eval_param),
-        eval_episodes=args.eval_episodes,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    with hold_run_locks([Path(args.run_dir)]):  # no training may write the rows meanwhile
+        report = reevaluate(
+            args.run_dir,
+            parse_eval_grid(args.eval_param),
+            eval_episodes=args.eval_episodes,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     print(report.summary())
     return 0
 

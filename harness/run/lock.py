@@ -15,8 +15,9 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
-from harness.errors import UserError
+from harness.errors import StorageError, UnwritableError, UserError, is_storage_fault
 
 LOCK_NAME = ".lock"
 LOCK_WAIT_S = 10.0  # how long a second process waits for the holder to finish before leaving
@@ -26,11 +27,10 @@ LOCK_POLL_S = 0.5
 @contextlib.contextmanager
 def run_lock(run_dir: Path, wait_s: float | None = None) -> Iterator[bool]:
     """Yields True while this process holds the run's lock, False when another process held it
-    for `wait_s` (default LOCK_WAIT_S). Raises OSError when the lock file cannot be opened (a
-    read-only or full filesystem: check the directory first, records.check_writable)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    for `wait_s` (default LOCK_WAIT_S). Raises UnwritableError when the filesystem refuses the
+    lock file (read-only, full, permissions)."""
     deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
-    with (run_dir / LOCK_NAME).open("a+") as handle:
+    with _open_lock_file(run_dir) as handle:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -57,7 +57,17 @@ def run_lock(run_dir: Path, wait_s: float | None = None) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_holder(handle) -> None:
+def _open_lock_file(run_dir: Path) -> IO[str]:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return (run_dir / LOCK_NAME).open("a+")
+    except OSError as error:
+        if not is_storage_fault(error):
+            raise
+        raise UnwritableError(f"{StorageError(run_dir / LOCK_NAME, error)}; nothing was written") from None
+
+
+def _write_holder(handle: IO[str]) -> None:
     """Name this process in the lock file; a full disk only costs the name."""
     with contextlib.suppress(OSError):
         handle.seek(0)

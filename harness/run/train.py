@@ -107,12 +107,12 @@ def _train(trainer: Trainer) -> dict[int, str]:
     """Run a trainer, marking its unfinished runs failed when it raises (`failed_status`); the
     runs' experiment trackers (harness/run/trackers.py) are open meanwhile."""
     run_dirs = [member.run_dir for member in trainer.members]
-    for member in trainer.members:
-        if not member.run_dir.exists():
-            member.run_dir.write_spec(member.resolved.record_spec())
-        attach_trackers(member.resolved, member.run_dir)
     failed = False
     try:
+        for member in trainer.members:
+            if not member.run_dir.exists():
+                member.run_dir.write_spec(member.resolved.record_spec())
+            attach_trackers(member.resolved, member.run_dir)
         return trainer.run()
     except BaseException as error:
         failed = True

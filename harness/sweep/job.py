@@ -44,7 +44,7 @@ from typing import Any
 import submitit
 
 from harness.args import quiet_library_warnings
-from harness.errors import StorageError, UserError, is_storage_fault
+from harness.errors import StorageError, UserError
 from harness.run import records
 from harness.run.lock import lock_holder, run_lock
 from harness.sweep.files import HEARTBEAT_NAME, LOG_NAME
@@ -188,11 +188,9 @@ def child_main(payload_json: str) -> int:
     run_dirs = [Path(run["run_dir"]) for run in payload["runs"]]
     try:
         return _locked_train(train, payload, run_dirs, stop_early)
-    except (StorageError, OSError) as error:
-        if not is_storage_fault(error) and not isinstance(error, StorageError):
-            raise
-        print(f"flowarena: error: {error}; fix the cause and rerun the sweep to resume", flush=True)
-        return EXIT_FAILED
+    except UserError as error:  # the lock file refused (harness/run/lock.py)
+        print(f"flowarena: error: {error}", flush=True)
+        return EXIT_USER_ERROR
 
 
 def _locked_train(
