@@ -91,7 +91,7 @@ class Checkpoints:
         """Continue from the checkpoints, if any, dropping rows written after them."""
         for member in self.members:
             resolve_pending_checkpoints(member.run_dir.path)
-        states = [load_checkpoint(member.run_dir.ckpt_path, self.progress) for member in self.members]
+        states = [load_checkpoint(member.run_dir.ckpt_path) for member in self.members]
         steps = {member.seed: state["step"] if state else 0 for member, state in zip(self.members, states)}
         if len(set(steps.values())) > 1:
             raise UserError(
@@ -160,9 +160,9 @@ def commit_checkpoint(run_dir: Path) -> None:
         raise
 
 
-def load_checkpoint(path: Path, progress: bool = True) -> dict[str, Any] | None:
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
     """A run's checkpoint `path` (ckpt.pt), or, when it is damaged or absent, the previous one
-    beside it, with a warning line; None when there is neither. On the CPU: generator states must
+    beside it, with a warning line (always shown); None when there is neither. On the CPU: generator states must
     be CPU tensors; load_state_dict moves the rest. Raises CorruptCheckpoint when none is readable."""
     candidates = [p for p in (path, path.with_name(PREVIOUS_CHECKPOINT)) if p.exists()]
     failures = []
@@ -176,8 +176,7 @@ def load_checkpoint(path: Path, progress: bool = True) -> dict[str, Any] | None:
         if failures:
             say(
                 f"warning: {failures[0]}; resuming from the previous checkpoint {candidate} "
-                f"(step {state['step']})",
-                progress,
+                f"(step {state['step']})"
             )
         return state
     if not failures:
