@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -386,3 +387,28 @@ def test_a_lock_only_directory_from_bad_input_is_removed(dataset_dir, tmp_path, 
     assert main(args) == 2
     assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "out" / RUN_DIR).exists()
+
+
+def test_a_sweep_job_leaves_a_locked_run_to_its_holder(tmp_path, capsys, monkeypatch) -> None:
+    from harness.sweep import job
+
+    run_dir = tmp_path / RUN_DIR
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    handlers = {sig: signal.getsignal(sig) for sig in job.STOP_SIGNALS}  # child_main installs its own
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(lock, "LOCK_WAIT_S", 0.5)
+        run = {"run_dir": str(run_dir), "label": "fql seed0", "spec": {}}
+        assert job.child_main(json.dumps({**run, "runs": [run]})) == job.EXIT_LOCKED
+        assert f"pid {holder.pid}" in capsys.readouterr().out
+        assert [p.name for p in run_dir.iterdir()] == [".lock"]
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        holder.kill()
+        holder.wait()

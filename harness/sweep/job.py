@@ -21,8 +21,9 @@ A requeued pack skips its runs that are done or diverged and resumes the others.
 
 Safety. A child holds the run's lock (harness/run/lock.py, as `flowarena run` does) while it
 trains, so a run submitted twice (a sweep rerun while its old jobs still run) never has two
-writers; the second one waits LOCK_WAIT_S and then leaves the run alone. A child touches `<run_dir>/.heartbeat` every HEARTBEAT_S,
-so `flowarena status` can tell a silent run from a live one on another host.
+writers; the second one waits LOCK_WAIT_S and then leaves the run alone. A child touches
+`<run_dir>/.heartbeat` every HEARTBEAT_S, so `flowarena status` can tell a silent run from a live
+one on another host. A write the filesystem refuses ends the child with one message (exit code 1).
 """
 
 from __future__ import annotations
