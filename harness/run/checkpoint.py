@@ -169,9 +169,11 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     for candidate in candidates:
         try:
             state = torch.load(candidate, map_location="cpu", weights_only=True)
-            int(state["step"])
         except Exception as error:
             failures.append(f"{candidate} is unreadable ({_describe(error)})")
+            continue
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            failures.append(f"{candidate} is not a flowarena checkpoint (no step)")
             continue
         if failures:
             say(
@@ -189,10 +191,9 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 def _describe(error: BaseException) -> str:
-    """The error's type and the first line of its message (torch's unpickling errors run to pages)."""
-    if isinstance(error, (KeyError, TypeError)):
-        return "not a flowarena checkpoint: no step"
-    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+    """The error's type and the first sentence of its message (torch's run to pages)."""
+    first = (str(error).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}: {first}"
 
 
 def _checkpoint_step(path: Path) -> int | None:

@@ -105,8 +105,8 @@ def check_writable(directory: Path) -> None:
         if not is_storage_fault(error):
             raise
         raise UnwritableError(
-            f"{StorageError(directory, error)}; nothing was written: free space, or choose a "
-            f"writable --out, then run the same command again"
+            f"{StorageError(directory, error)}; nothing was written: make it writable (or free "
+            f"space, or write elsewhere with --out), then run the same command again"
         ) from None
 
 

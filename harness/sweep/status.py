@@ -212,9 +212,8 @@ def format_status(
     corrupt = [s for s in statuses if s.condition == "corrupt"]
     if corrupt:
         lines.append("corrupt (nothing readable to resume from: a person must decide; the records stay):")
-        lines += [
-            f"  {s.label}: {s.status['corrupt']}: {_first_line(s.status.get('error'))}" for s in corrupt
-        ]
+        for s in corrupt:
+            lines += [f"  {s.label}: {s.status['corrupt']}", f"    {_first_line(s.status.get('error'))}"]
     lost = [s for s in statuses if s.condition in ("lost", "stale")]
     if lost:
         lines.append(
