@@ -141,7 +141,7 @@ def sweep_status(sweep_dir: Path, *, stale_after_s: float = DEFAULT_STALE_MIN * 
     return statuses
 
 
-CONDITIONS = ("done", "diverged", "failed", "corrupt", "running", "lost", "stale", "pending")
+CONDITIONS = ("done", "diverged", "failed", "running", "lost", "stale", "pending", "corrupt")
 
 
 def heartbeat_age_s(status: dict[str, Any], now: float) -> float | None:
