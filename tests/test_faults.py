@@ -280,6 +280,26 @@ def test_a_damaged_checkpoint_falls_back_and_none_readable_is_corrupt(
     assert json.loads(capsys.readouterr().out)[0]["condition"] == "corrupt"
 
 
+def test_stacked_seeds_fall_back_together(dataset_dir, tmp_path, fail_write, capsys) -> None:
+    def stacked(out: Path) -> list[str]:
+        args = run_args_of(dataset_dir, out)
+        at = args.index("--seed")
+        return [*args[:at], "--seeds", "0,1", *args[at + 2 :]]
+
+    assert main(stacked(tmp_path / "whole")) == 0
+    fail_write("ckpt.next.pt", errno.ENOSPC, 7)  # seed 0's checkpoint at step 20: both keep 15 and 10
+    assert main(stacked(tmp_path / "cut")) == 1
+    fail_write.heal()
+    ckpt = tmp_path / "cut" / RUN_DIR.parent / "seed1" / "ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(stacked(tmp_path / "cut")) == 0
+    assert "resuming from the previous checkpoint" in capsys.readouterr().err
+    for seed in ("seed0", "seed1"):
+        run = RUN_DIR.parent / seed
+        assert_same_records(tmp_path / "cut" / run, tmp_path / "whole" / run)
+
+
 @pytest.fixture
 def sweep(whole: Path, tmp_path: Path) -> Path:
     """A sweep of two finished runs, copies of the uninterrupted run (seeds 0 and 1)."""

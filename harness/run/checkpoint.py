@@ -12,6 +12,7 @@ commit cut short in between (`resolve_pending_checkpoints`)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -91,7 +92,7 @@ class Checkpoints:
         """Continue from the checkpoints, if any, dropping rows written after them."""
         for member in self.members:
             resolve_pending_checkpoints(member.run_dir.path)
-        states = [load_checkpoint(member.run_dir.ckpt_path) for member in self.members]
+        states = align_steps([member.run_dir.path for member in self.members])
         steps = {member.seed: state["step"] if state else 0 for member, state in zip(self.members, states)}
         if len(set(steps.values())) > 1:
             raise UserError(
@@ -124,6 +125,22 @@ class Checkpoints:
                 f"would resume on shard {expected}: the shard files or the rotation interval changed "
                 f"since it started; restore them, or move the run directory away to start over"
             )
+
+
+def align_steps(run_dirs: list[Path]) -> list[dict[str, Any] | None]:
+    """The checkpoints of a stacked group's seeds (one for a lone run). When a seed fell back to
+    its previous checkpoint (`load_checkpoint`), the seeds ahead of it use their previous one too
+    if it is at that step, so that the group resumes together from there."""
+    states = [load_checkpoint(run_dir / CHECKPOINT) for run_dir in run_dirs]
+    if not all(states) or len({state["step"] for state in states}) < 2:  # type: ignore[index]
+        return states
+    low = min(state["step"] for state in states)  # type: ignore[index]
+    for index, run_dir in enumerate(run_dirs):
+        if states[index]["step"] != low and (run_dir / PREVIOUS_CHECKPOINT).exists():  # type: ignore[index]
+            with contextlib.suppress(Exception):
+                older = torch.load(run_dir / PREVIOUS_CHECKPOINT, map_location="cpu", weights_only=True)
+                states[index] = older if older["step"] == low else states[index]
+    return states
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
