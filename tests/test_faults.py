@@ -406,7 +406,7 @@ def test_a_lock_only_directory_from_bad_input_is_removed(dataset_dir, tmp_path, 
     args = run_args_of(missing, tmp_path / "out")
     assert main(args) == 2
     assert "Traceback" not in capsys.readouterr().err
-    assert not (tmp_path / "out" / RUN_DIR).exists()
+    assert not (tmp_path / "out").exists()  # the directories made for the lock alone are gone
 
 
 def test_a_sweep_job_leaves_a_locked_run_to_its_holder(tmp_path, capsys, monkeypatch) -> None:

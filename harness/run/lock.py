@@ -91,16 +91,33 @@ def lock_holder(run_dir: Path) -> str:
 def hold_run_locks(run_dirs: Sequence[Path], wait_s: float | None = None) -> Iterator[None]:
     """Every run's lock, or UserError (exit code 2) naming the holder, nothing else written. A run
     directory made here for the lock alone (the run stopped on bad input) is removed again."""
-    made = [run_dir for run_dir in run_dirs if not run_dir.exists()]
+    made = {run_dir: _first_missing(run_dir) for run_dir in run_dirs if not run_dir.exists()}
     try:
         with _locks(run_dirs, wait_s):
             yield
     finally:
-        for run_dir in made:
-            with contextlib.suppress(OSError):
-                if [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
-                    (run_dir / LOCK_NAME).unlink()
-                    run_dir.rmdir()
+        for run_dir, top in made.items():
+            _remove_if_lock_only(run_dir, top)
+
+
+def _first_missing(path: Path) -> Path:
+    """The highest directory of `path` that does not exist yet."""
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _remove_if_lock_only(run_dir: Path, top: Path) -> None:
+    """Remove a run directory that holds only its lock file, and its parents up to `top` that are
+    left empty (created for the lock alone)."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in run_dir.iterdir()] != [LOCK_NAME]:
+            return
+        (run_dir / LOCK_NAME).unlink()
+        for directory in [run_dir, *run_dir.parents]:
+            directory.rmdir()  # OSError once a directory is not empty: the others stay
+            if directory == top:
+                return
 
 
 @contextlib.contextmanager
