@@ -11,7 +11,6 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -351,16 +350,14 @@ def test_collect_on_a_read_only_or_full_disk(sweep, fail_write, capsys, monkeypa
     assert main(["collect", str(sweep)]) == 1
     assert_one_message(capsys.readouterr().err, str(sweep / "evals.parquet"), "no space left")
     fail_write.heal()
-    monkeypatch.setattr(records, "PROBE_BYTES", 1)
-    real = records.tempfile.NamedTemporaryFile
 
-    def read_only(*args, **kwargs):
+    def read_only(*args, **kwargs):  # the probe of a read-only sweep directory
         raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
 
-    monkeypatch.setattr(records.tempfile, "NamedTemporaryFile", read_only)
-    assert main(["collect", str(sweep)]) == 2
-    assert_one_message(capsys.readouterr().err, "read-only file system (EROFS)")
-    monkeypatch.setattr(records.tempfile, "NamedTemporaryFile", real)
+    with monkeypatch.context() as patch:
+        patch.setattr(records.tempfile, "NamedTemporaryFile", read_only)
+        assert main(["collect", str(sweep)]) == 2
+    assert_one_message(capsys.readouterr().err, "read-only file system (EROFS)", "nothing was written")
     assert not (sweep / "evals.parquet").exists()
 
 
@@ -409,26 +406,33 @@ def test_a_lock_only_directory_from_bad_input_is_removed(dataset_dir, tmp_path, 
     assert not (tmp_path / "out").exists()  # the directories made for the lock alone are gone
 
 
-def test_a_sweep_job_leaves_a_locked_run_to_its_holder(tmp_path, capsys, monkeypatch) -> None:
+JOB = """
+import sys, threading
+from pathlib import Path
+from harness.run import lock
+from harness.sweep import job
+lock.LOCK_WAIT_S = 0.5
+run_dir = Path(sys.argv[1])
+payload = {"runs": [{"run_dir": str(run_dir), "label": "fql seed0", "spec": {}}]}
+sys.exit(job._locked_train(None, payload, [run_dir], threading.Event()))  # nothing is trained
+"""
+
+
+def test_a_sweep_job_leaves_a_locked_run_to_its_holder(tmp_path) -> None:
     from harness.sweep import job
 
-    run_dir = tmp_path / RUN_DIR
+    run_dir, root = tmp_path / RUN_DIR, Path(__file__).parent.parent
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(run_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent.parent,
+        [sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True, cwd=root
     )
-    handlers = {sig: signal.getsignal(sig) for sig in job.STOP_SIGNALS}  # child_main installs its own
     try:
         assert holder.stdout.readline().strip() == "held"
-        monkeypatch.setattr(lock, "LOCK_WAIT_S", 0.5)
-        run = {"run_dir": str(run_dir), "label": "fql seed0", "spec": {}}
-        assert job.child_main(json.dumps({**run, "runs": [run]})) == job.EXIT_LOCKED
-        assert f"pid {holder.pid}" in capsys.readouterr().out
+        second = subprocess.run(
+            [sys.executable, "-c", JOB, str(run_dir)], capture_output=True, text=True, cwd=root
+        )
+        assert second.returncode == job.EXIT_LOCKED, second.stderr
+        assert f"pid {holder.pid}" in second.stdout
         assert [p.name for p in run_dir.iterdir()] == [".lock"]
     finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
         holder.kill()
         holder.wait()
