@@ -218,8 +218,9 @@ def _check_unique(records: pd.DataFrame) -> None:
         first = duplicated.iloc[0]
         where = ", ".join(f"{k}={first[k]!r}" for k in key)
         raise AnalysisError(
-            f"{len(duplicated)} duplicated eval rows (first: {where}); records of two sweeps merged, "
-            "or a corrupt collect"
+            f"{len(duplicated)} duplicated eval rows (first: {where}), never counted twice: records of "
+            "two sweeps merged, or a run written by two processes at once; `flowarena collect` keeps "
+            "one row of each and lists the duplicates"
         )
 
 

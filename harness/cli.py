@@ -25,7 +25,7 @@ from harness.args import (
     parse_seeds,
     quiet_library_warnings,
 )
-from harness.errors import UserError
+from harness.errors import StorageError, UserError
 from harness.run.compile import add_compile_flag
 from harness.sweep import cli as sweep_cli
 
@@ -43,7 +43,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness.run.spec import RunSpec, method_protocol
     from harness.run.trackers import check_installed
-    from harness.run.train import run, run_group
 
     suite = suites.get_suite(args.suite)
     notice = suite.settings_for(args.task)[1]  # a task outside the suite: which settings it runs with
@@ -71,12 +70,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.online_steps is None and spec.budget.online_steps > 0:
         print(online_default_note(suite.name, spec.budget.online_steps), file=sys.stderr)
-    if args.seeds is None:
-        return 0 if run(spec, progress=not args.no_progress) == "done" else 1
-    seeds = parse_seeds(args.seeds)
-    states = run_group(
-        [dataclasses.replace(spec, seed=seed) for seed in seeds], progress=not args.no_progress
+    specs = (
+        [spec] if args.seeds is None else [dataclasses.replace(spec, seed=s) for s in parse_seeds(args.seeds)]
     )
+    return _run_locked(specs, stacked=args.seeds is not None, progress=not args.no_progress)
+
+
+def _run_locked(specs: list[Any], *, stacked: bool, progress: bool) -> int:
+    """Train the runs holding their locks (harness/run/lock.py, as sweep jobs do), after checking
+    that their directories take writes; 0 when every run is done."""
+    from pathlib import Path
+
+    from harness.run.lock import hold_run_locks
+    from harness.run.records import check_writable
+    from harness.run.spec import resolve
+    from harness.run.train import run, run_group
+
+    run_dirs = [Path(resolve(spec).path) for spec in specs]
+    for run_dir in run_dirs:
+        check_writable(run_dir)
+    with hold_run_locks(run_dirs):
+        if not stacked:
+            return 0 if run(specs[0], progress=progress) == "done" else 1
+        states = run_group(specs, progress=progress)
     return 0 if all(state == "done" for state in states.values()) else 1
 
 
@@ -126,15 +142,19 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 
 # --- evaluate ---------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.run.lock import hold_run_locks
     from harness.run.reevaluate import reevaluate
 
-    report = reevaluate(
-        args.run_dir,
-        parse_eval_grid(args.eval_param),
-        eval_episodes=args.eval_episodes,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    with hold_run_locks([Path(args.run_dir)]):  # no training may write the rows meanwhile
+        report = reevaluate(
+            args.run_dir,
+            parse_eval_grid(args.eval_param),
+            eval_episodes=args.eval_episodes,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     print(report.summary())
     return 0
 
@@ -262,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except user_errors() as error:
         print(f"flowarena: error: {error}", file=sys.stderr)
         return 2
+    except StorageError as error:  # a write refused after the work started: nothing before it is lost
+        print(f"flowarena: error: {error}; fix the cause and run the same command again", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `flowarena suites ogbench | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0

@@ -106,11 +106,13 @@ def test_corrupt_checkpoint_keeps_records(flowarena, tmp_path, capsys):
     status["state"] = "running"  # as if killed before the end
     (run_dir / "status.json").write_text(json.dumps(status))
     (run_dir / "ckpt.pt").write_bytes(b"garbage")
+    (run_dir / "ckpt.prev.pt").write_bytes(b"garbage too")  # with one readable, the run falls back to it
     evals = (run_dir / "evals.parquet").read_bytes()
     assert flowarena(tmp_path, steps=20, checkpoint_interval=10) == 2
-    assert "checkpoint" in capsys.readouterr().err
+    assert "no readable checkpoint" in capsys.readouterr().err
     assert (run_dir / "evals.parquet").read_bytes() == evals
     assert (run_dir / "ckpt.pt").read_bytes() == b"garbage"
+    assert (run_dir / "ckpt.prev.pt").read_bytes() == b"garbage too"
 
 
 def test_datagen_command_is_deterministic_and_ogbench_readable(tmp_path):

@@ -4,7 +4,9 @@
       spec.json  status.json  evals.parquet  train.parquet  ckpt.pt
 
 Every write goes to a temporary file in the same directory and is renamed over the target,
-so a crash never leaves a half-written file.
+so a crash never leaves a half-written file; a write the filesystem refuses (full disk or quota,
+read-only mount, permissions) raises `StorageError` naming the target and the cause, and leaves
+the target as it was. `check_writable` finds such a directory before a run starts.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from typing import Any
 
 import pandas as pd
 
-from harness.errors import UserError
+from harness.errors import StorageError, UnwritableError, UserError, is_storage_fault
 
 STATES = ("pending", "running", "done", "failed", "diverged")
 FINAL_STATES = ("done", "diverged")
 # status.json fields that hold only until the next write that does not repeat them: an error is
 # cleared by a retry, the heartbeat's `activity` (harness/run/heartbeat.py) by any other write
-TRANSIENT_STATUS = ("error", "metric", "traceback", "activity")
+TRANSIENT_STATUS = ("error", "metric", "traceback", "activity", "corrupt")
 EVAL_COLUMNS = [
     "sweep",
     "method",
@@ -63,17 +65,49 @@ def run_dir_path(out: str | Path, sweep: str, variant: str, task: str, seed: int
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary path beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Call write(tmp) on a temporary path beside `path`, then rename it over `path`. Raises
+    StorageError, `path` untouched, when the filesystem refuses the write."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as error:
+        if is_storage_fault(error):
+            raise StorageError(path, error) from None
+        raise
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
+    except BaseException as error:
+        with suppress(OSError):
             os.unlink(tmp)
+        if is_storage_fault(error):
+            raise StorageError(path, error) from None  # type: ignore[arg-type]
         raise
+
+
+PROBE_BYTES = 4096  # a page: a full disk refuses it
+
+
+def check_writable(directory: Path) -> None:
+    """UnwritableError (exit code 2) when `directory`, or its nearest existing ancestor when it
+    does not exist yet, refuses a small file: a read-only mount, a full disk, missing permissions,
+    found before any work starts. Creates nothing."""
+    existing = Path(directory).absolute()
+    while not existing.is_dir() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".probe.", dir=existing) as probe:
+            probe.write(b"\0" * PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        if not is_storage_fault(error):
+            raise
+        raise UnwritableError(
+            f"{StorageError(directory, error)}; nothing was written: make it writable (or free "
+            f"space, or write elsewhere with --out), then run the same command again"
+        ) from None
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -97,8 +131,10 @@ def read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except Exception as error:  # pyarrow raises several types for a damaged file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(
-            f"{path} is not a readable parquet file ({error}); move it away to start over"
+            f"{path} is not a readable parquet file ({reason}); restore it from a backup, or move its "
+            f"run directory away and run the run again"
         ) from None
 
 

@@ -6,7 +6,8 @@ scalars at the row's step (NaN values left out): a train row's metrics as
 setting (a method that declares evaluation parameters).
 
 The records stay the source of truth: a tracker that fails is reported once and then left out;
-the run and its records go on. A resumed run does not log twice what it logged before: the
+the run and its records go on. A write the filesystem refuses (full disk or quota, read-only
+mount, permissions) stops the run as a refused records write does (harness/errors.py). A resumed run does not log twice what it logged before: the
 TensorBoard writer purges the events after the checkpoint it resumes from (`purge_step`), and
 the W&B run (its id kept in <run_dir>/trackers.json) resumes and skips the steps it already
 logged. A run that restarts from step 0 starts a new W&B run.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from harness.errors import UserError
+from harness.errors import StorageError, UserError, is_storage_fault
 from harness.progress import say
 from harness.run import records
 
@@ -215,7 +216,7 @@ class Trackers:
     def log_rows(self, kind: str, rows: Iterable[Mapping[str, Any]]) -> None:
         rows = list(rows)
         for tracker in list(self.trackers):
-            self._call(tracker, lambda tracker=tracker: self._log(tracker, kind, rows))
+            self._call(tracker, lambda tracker=tracker: self._log(tracker, kind, rows), faults_stop=True)
 
     def _log(self, tracker: Any, kind: str, rows: list[Mapping[str, Any]]) -> None:
         if tracker.name not in self.opened:
@@ -228,10 +229,14 @@ class Trackers:
             self._call(tracker, lambda tracker=tracker: tracker.close(failed))
         self.trackers = []
 
-    def _call(self, tracker: Any, action: Any) -> None:
+    def _call(self, tracker: Any, action: Any, faults_stop: bool = False) -> None:
         try:
             action()
         except Exception as error:
+            if faults_stop and isinstance(error, StorageError):
+                raise
+            if faults_stop and is_storage_fault(error):
+                raise StorageError(getattr(error, "filename", None) or self.run_dir, error) from None
             self.trackers.remove(tracker)
             say(
                 f"warning: the {tracker.name} logger failed for {self.run_dir} "

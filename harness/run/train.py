@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import traceback
 
-from harness.errors import UserError
+from harness.errors import StorageError, UserError
 from harness.progress import say
 from harness.run import records
+from harness.run.checkpoint import CorruptCheckpoint
 from harness.run.compile import compile_record
 from harness.run.spec import IDENTITY_KEYS, ResolvedRun, RunSpec, check_same_run, resolve
 from harness.run.stop import clear_stop as clear_stop  # re-exported: callers of run() stop it
@@ -113,29 +114,46 @@ def record_compile_choice(run_dir: records.RunDir, resolved: ResolvedRun) -> Non
 
 
 def _train(trainer: Trainer) -> dict[int, str]:
-    """Run a trainer, marking its unfinished runs failed (with the traceback) when it raises; the
+    """Run a trainer, marking its unfinished runs failed when it raises (`failed_status`); the
     runs' experiment trackers (harness/run/trackers.py) are open meanwhile."""
     run_dirs = [member.run_dir for member in trainer.members]
-    for member in trainer.members:
-        if not member.run_dir.exists():
-            member.run_dir.write_spec(member.resolved.record_spec())
-        else:
-            record_compile_choice(member.run_dir, member.resolved)
-        attach_trackers(member.resolved, member.run_dir)
     failed = False
     try:
+        for member in trainer.members:
+            if not member.run_dir.exists():
+                member.run_dir.write_spec(member.resolved.record_spec())
+            else:
+                record_compile_choice(member.run_dir, member.resolved)
+            attach_trackers(member.resolved, member.run_dir)
         return trainer.run()
     except BaseException as error:
         failed = True
+        fields = failed_status(error)
         for member in trainer.members:
             if member.final is None:
-                member.run_dir.write_status(
-                    "failed",
-                    step=trainer.step,
-                    error=f"{type(error).__name__}: {error}",
-                    traceback=traceback.format_exc(),
-                )
+                write_failed_status(member.run_dir, step=trainer.step, **fields)
         raise
     finally:
         trainer.close()
         detach_trackers(run_dirs, failed=failed)
+
+
+def failed_status(error: BaseException) -> dict[str, str]:
+    """status.json's fields for a run that stopped on `error`: the error; the traceback unless the
+    message says it all (bad input, a refused write); `corrupt`, the checkpoint path, when no
+    checkpoint is readable (`flowarena status` then says corrupt)."""
+    fields = {"error": f"{type(error).__name__}: {error}"}
+    if not isinstance(error, (UserError, StorageError)):
+        fields["traceback"] = traceback.format_exc()
+    if isinstance(error, CorruptCheckpoint):
+        fields["corrupt"] = str(error.path)
+    return fields
+
+
+def write_failed_status(run_dir: records.RunDir, **fields: object) -> None:
+    """Mark a run failed, if its status.json can still be written (a full disk may refuse it too:
+    then the error reaches the user alone, and status.json keeps its last state)."""
+    try:
+        run_dir.write_status("failed", **fields)
+    except (StorageError, OSError) as error:
+        say(f"warning: could not mark {run_dir.path} failed ({error})")

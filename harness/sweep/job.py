@@ -19,17 +19,17 @@ the job:
   so no row is lost or duplicated.
 A requeued pack skips its runs that are done or diverged and resumes the others.
 
-Safety. A child holds an exclusive lock on `<run_dir>/.lock` while it trains, so a run submitted
-twice (a sweep rerun while its old jobs still run) never has two writers; the second one waits
-LOCK_WAIT_S and then leaves the run alone. A child touches `<run_dir>/.heartbeat` every HEARTBEAT_S,
-so `flowarena status` can tell a silent run from a live one on another host.
+Safety. A child holds the run's lock (harness/run/lock.py, as `flowarena run` does) while it
+trains, so a run submitted twice (a sweep rerun while its old jobs still run) never has two
+writers; the second one waits LOCK_WAIT_S and then leaves the run alone. A child touches
+`<run_dir>/.heartbeat` every HEARTBEAT_S, so `flowarena status` can tell a silent run from a live
+one on another host. A write the filesystem refuses ends the child with one message (exit code 1).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import signal
@@ -45,13 +45,12 @@ from typing import Any
 import submitit
 
 from harness.args import quiet_library_warnings
-from harness.errors import UserError
+from harness.errors import StorageError, UserError
 from harness.run import records
+from harness.run.lock import lock_holder, run_lock
 from harness.sweep.files import HEARTBEAT_NAME, LOG_NAME
 
-LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0
-LOCK_WAIT_S = 10.0
 STOP_WAIT_S = 90.0  # how long checkpoint() waits for the runs to save
 CHILD_POLL_S = 0.5
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -188,10 +187,22 @@ def child_main(payload_json: str) -> int:
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: train.request_stop())
     run_dirs = [Path(run["run_dir"]) for run in payload["runs"]]
+    try:
+        return _locked_train(train, payload, run_dirs, stop_early)
+    except UserError as error:  # the lock file refused (harness/run/lock.py)
+        print(f"flowarena: error: {error}", flush=True)
+        return EXIT_USER_ERROR
+
+
+def _locked_train(
+    train: Any, payload: dict[str, Any], run_dirs: list[Path], stop_early: threading.Event
+) -> int:
     with contextlib.ExitStack() as stack:
         for run_dir in run_dirs:  # every seed's lock, or none of the unit is trained here
             if not stack.enter_context(run_lock(run_dir)):
-                print(f"another process holds {run_dir / LOCK_NAME}; leaving this run to it", flush=True)
+                print(
+                    f"another process holds {run_dir}'s lock ({lock_holder(run_dir)}); leaving it", flush=True
+                )
                 return EXIT_LOCKED
         if stop_early.is_set():
             print("stopped before training started", flush=True)
@@ -223,6 +234,11 @@ def _train(train: Any, payload: dict[str, Any]) -> int:
             _mark_failed(run_dir, error)
         print(f"flowarena: error: {error}", flush=True)
         return EXIT_USER_ERROR
+    except StorageError as error:
+        for run_dir in run_dirs:
+            _mark_failed(run_dir, error)
+        print(f"flowarena: error: {error}; fix the cause and rerun the sweep to resume", flush=True)
+        return EXIT_FAILED
     except Exception as error:
         for run_dir in run_dirs:
             _mark_failed(run_dir, error)
@@ -244,31 +260,12 @@ def unit_state(states: list[str]) -> str:
 def _mark_failed(run_dir: records.RunDir, error: BaseException) -> None:
     """train.run records failures inside training; this covers errors before it (e.g. a missing
     dataset), so that `flowarena status` shows them. A finished run's status is never touched."""
+    from harness.run.train import failed_status, write_failed_status
+
     status = run_dir.read_status()
     if status.get("state") in (*records.FINAL_STATES, "failed"):
         return
-    run_dir.write_status("failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """Yields True while this process holds the run's lock (the OS drops it if the process dies)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / LOCK_NAME).open("a") as handle:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    yield False
-                    return
-                time.sleep(0.5)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    write_failed_status(run_dir, **failed_status(error))
 
 
 @contextlib.contextmanager

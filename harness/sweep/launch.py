@@ -31,7 +31,14 @@ from harness.run import records
 from harness.sweep.files import JOBS_DIR, LOG_NAME
 from harness.sweep.job import PackJob, unit_payload
 from harness.sweep.plan import Plan, PlannedRun, write_sweep_file
-from harness.sweep.status import DEFAULT_STALE_MIN, TERMINAL, condition_of, format_status, sweep_status
+from harness.sweep.status import (
+    DEFAULT_STALE_MIN,
+    TERMINAL,
+    condition_of,
+    format_status,
+    read_run_status,
+    sweep_status,
+)
 
 
 def run_sweep(plan: Plan, *, wait: bool = True, poll_s: float = 5.0, progress: bool = True) -> int:
@@ -88,7 +95,7 @@ def follow(launcher: Any, runs: list[PlannedRun], *, poll_s: float, progress: bo
         while True:
             alive = launcher.poll()
             conditions = Counter(
-                condition_of(run.run_dir, records.RunDir(run.run_dir).read_status(), stale_after_s=math.inf)
+                condition_of(run.run_dir, read_run_status(run.run_dir), stale_after_s=math.inf)
                 for run in runs
             )
             finished = sum(conditions[c] for c in TERMINAL)

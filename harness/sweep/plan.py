@@ -357,8 +357,10 @@ def _jobs_line(plan: Plan) -> str:
 
 
 def write_sweep_file(plan: Plan, jobs: list[dict[str, Any]] | None = None) -> Path:
-    """sweep.json: the plan; runs planned by earlier invocations of this sweep are kept."""
+    """sweep.json: the plan; runs planned by earlier invocations of this sweep are kept. A sweep
+    directory that takes no writes is refused here, before any job starts (exit code 2)."""
     path = plan.sweep_dir / SWEEP_FILE
+    records.check_writable(plan.sweep_dir)
     previous = read_sweep_file(plan.sweep_dir)
     entries = {e["run_dir"]: e for e in (run.entry(plan.sweep_dir) for run in plan.runs)}
     for entry in previous.get("runs", []):

@@ -2,7 +2,8 @@
 `lost` (status says running, but the process is gone) and `stale` (silent for too long) added
 to the recorded states; running runs with the age of their training loop's heartbeat (status.json's
 `heartbeat_at`, harness/run/heartbeat.py), `possibly hung` when it is older than the hung
-threshold; `flowarena status` in words or JSON."""
+threshold; `corrupt` for a run that needs a person: no readable checkpoint (status.json's
+`corrupt`, written by the run) or an unreadable status.json; `flowarena status` in words or JSON."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from harness.errors import UserError
 from harness.run import records
 from harness.sweep.files import HEARTBEAT_NAME, LOG_NAME, read_sweep_file
 
-TERMINAL = ("done", "diverged", "failed")  # a sweep waits for nothing more from these
+TERMINAL = ("done", "diverged", "failed", "corrupt")  # a sweep waits for nothing more from these
 DEFAULT_STALE_MIN = 30.0
 # A training loop rewrites status.json every 30 s (harness/run/heartbeat.py) and at the start of each
 # evaluation: a running run silent for this long is stuck in one step or in one evaluation.
@@ -68,10 +69,21 @@ def last_seen(run_dir: Path, status: dict[str, Any]) -> float:
     return max(float(status.get("updated_at") or 0.0), beat)
 
 
+def read_run_status(run_dir: Path) -> dict[str, Any]:
+    """A run's status.json; an unreadable one reads as a failed run with `corrupt` set to its path."""
+    try:
+        return records.RunDir(run_dir).read_status()
+    except UserError as error:
+        path = str(Path(run_dir) / "status.json")
+        return {"state": "failed", "corrupt": path, "error": str(error)}
+
+
 def condition_of(
     run_dir: Path, status: dict[str, Any], *, stale_after_s: float, now: float | None = None
 ) -> str:
     state = status.get("state", "pending")
+    if state == "failed" and status.get("corrupt"):
+        return "corrupt"
     if state != "running":
         return state
     if status.get("host") == socket.gethostname() and not pid_alive(status.get("pid")):
@@ -112,7 +124,7 @@ def sweep_status(sweep_dir: Path, *, stale_after_s: float = DEFAULT_STALE_MIN * 
     statuses = []
     for entry in sweep_runs(sweep_dir):
         run_dir = entry["run_dir"]
-        status = records.RunDir(run_dir).read_status() if (run_dir / "status.json").exists() else {}
+        status = read_run_status(run_dir) if (run_dir / "status.json").exists() else {}
         statuses.append(
             RunStatus(
                 variant=entry["variant"],
@@ -129,7 +141,7 @@ def sweep_status(sweep_dir: Path, *, stale_after_s: float = DEFAULT_STALE_MIN * 
     return statuses
 
 
-CONDITIONS = ("done", "diverged", "failed", "running", "lost", "stale", "pending")
+CONDITIONS = ("done", "diverged", "failed", "running", "lost", "stale", "pending", "corrupt")
 
 
 def heartbeat_age_s(status: dict[str, Any], now: float) -> float | None:
@@ -197,6 +209,11 @@ def format_status(
             error = str(s.status.get("error") or "(no error recorded)").strip().splitlines() or [""]
             lines.append(f"  {s.label}: {s.condition} at step {s.status.get('step', 0)}: {error[0]}")
             lines.append(f"    log: {_log_text(s)}")
+    corrupt = [s for s in statuses if s.condition == "corrupt"]
+    if corrupt:
+        lines.append("corrupt (nothing readable to resume from: a person must decide; the records stay):")
+        for s in corrupt:
+            lines += [f"  {s.label}: {s.status['corrupt']}", f"    {_first_line(s.status.get('error'))}"]
     lost = [s for s in statuses if s.condition in ("lost", "stale")]
     if lost:
         lines.append(
@@ -207,13 +224,17 @@ def format_status(
             lines.append(f"  {s.label}: {_lost_text(s)}")
             lines.append(f"    log: {_log_text(s)}")
     lines += _running_lines(statuses, hung_after_s, time.time())
-    unfinished = [s for s in statuses if s.condition not in ("done", "diverged", "running")]
+    unfinished = [s for s in statuses if s.condition not in ("done", "diverged", "running", "corrupt")]
     if unfinished:
         lines.append(
             "rerun the sweep (the same `flowarena sweep` command) to retry failed runs and resume the others "
             "from their checkpoints; done and diverged runs are skipped"
         )
     return "\n".join(lines)
+
+
+def _first_line(text: Any) -> str:
+    return (str(text or "").strip().splitlines() or [""])[0]
 
 
 def _log_text(s: RunStatus) -> str:
@@ -247,6 +268,7 @@ def status_json(
             "step": s.status.get("step", 0),
             "checkpoint_step": s.status.get("checkpoint_step"),
             "error": s.status.get("error"),
+            "corrupt": s.status.get("corrupt"),
             "log": str(s.log) if s.log.exists() else None,
             "phase": s.status.get("phase"),
             "activity": s.status.get("activity"),
