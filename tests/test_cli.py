@@ -169,7 +169,7 @@ def test_demo_names_variants_that_share_a_config(tmp_path):
     [
         ("ogbench", [], True),
         ("ogbench", ["--online-steps", "0"], False),
-        ("ogbench", ["--online-steps", "50"], False),
+        ("ogbench", ["--online-steps", "6000"], False),
         ("smoke", [], False),
     ],
 )
