@@ -44,18 +44,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from harness.bench_table import format_result, format_table
 from harness.errors import UserError
+from harness.timing import (
+    TrainingStep,
+    _rate,
+    peak_gflops,
+    synthetic_buffer,
+    time_alternately,
+    update_flops,
+)
 
 CONFIGS = ("paper", "medium", "small")
 MEDIUM = {"hidden_dims": (256, 256, 256), "num_critics": 2, "batch_size": 256}
 BENCH_COMPILE = ("auto", "on", "off", "both")
-PEAK_MATMUL_SIZE = 2048
 ALL_METHODS = "all"
 FULL_LENGTH_UPDATES = 1_500_000
 PAPER_SHAPES = {"obs_dim": 37, "action_dim": 5, "horizon": 5, "discount": 0.99}
 DEFAULT_EVAL_TASK = "cube-double-play-singletask-task1-v0"
-SYNTHETIC_TRANSITIONS = 20_000
-SYNTHETIC_EPISODE_LENGTH = 1_000
 
 
 @dataclass
@@ -121,81 +127,6 @@ def compile_modes(choice: str, device: Any) -> list[bool]:
     return {"on": [True], "off": [False], "both": [False, True]}[choice]
 
 
-def peak_gflops(device: Any, size: int = PEAK_MATMUL_SIZE, repeats: int = 5) -> float:
-    """GFLOP/s of one large float32 matrix product here: the device's practical peak."""
-    import torch
-
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b  # warm-up
-    rate = _rate(repeats, lambda: a @ b, device)
-    return 2 * size**3 * rate / 1e9
-
-
-def synthetic_buffer(spec: Any, *, device: Any, seed: int = 0) -> Any:
-    """A replay buffer of random transitions in episodes of SYNTHETIC_EPISODE_LENGTH steps."""
-    import numpy as np
-
-    from harness.run.data import ReplayBuffer
-
-    rng = np.random.default_rng(seed)
-    n = SYNTHETIC_TRANSITIONS
-    observations = rng.normal(size=(n, spec.obs_dim)).astype(np.float32)
-    terminals = np.zeros(n, np.float32)
-    terminals[SYNTHETIC_EPISODE_LENGTH - 1 :: SYNTHETIC_EPISODE_LENGTH] = 1.0
-    data = {
-        "observations": observations,
-        "actions": rng.uniform(-1, 1, size=(n, spec.action_dim)).astype(np.float32),
-        "rewards": -(rng.uniform(size=n) < 0.9).astype(np.float32),
-        "masks": np.ones(n, np.float32),
-        "terminals": terminals,
-        "next_observations": np.roll(observations, -1, axis=0),
-    }
-    return ReplayBuffer(data, horizon=spec.horizon, discount=spec.discount, device=device, seed=seed)
-
-
-def _synchronize(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rate(count: int, fn: Callable[[], Any], device: Any) -> float:
-    """Calls of `fn` per second over `count` calls."""
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(count):
-        fn()
-    _synchronize(device)
-    return count / (time.perf_counter() - start)
-
-
-class _GlobalOnly:
-    """Stands in for FlopCounterMode's module tracker, whose global module hooks break
-    `torch.autograd.grad` inside the counted code (QAM's lean adjoint, QGF's guidance): every
-    count goes to the "Global" total, the only one reported here."""
-
-    parents = ("Global",)
-
-    def __enter__(self) -> _GlobalOnly:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def update_flops(agent: Any, batch: Any) -> int:
-    """Floating-point operations of one update (forward and backward), by torch's counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    counter.mod_tracker = _GlobalOnly()
-    with counter:
-        agent.update(batch)
-    return int(counter.get_total_flops())
-
-
 def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], None]) -> dict[str, Any]:
     """updates/s (eager and/or compiled), compile time, GFLOP/s and sampler batches/s at the
     paper's shapes."""
@@ -224,7 +155,7 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
         steppers[compiled] = TrainingStep(agent, buffer, config.batch_size, stack, settings.seeds, device)
         for _ in range(settings.warmup):
             steppers[compiled]()
-    timings = time_alternately(steppers, settings, device, say)
+    timings = time_alternately(steppers, settings.steps, settings.repeats, device, say)
     flops = update_flops(eager, buffer.sample(config.batch_size, stack=stack))
     sampler_rate = None
     if settings.sampler_batches:
@@ -258,52 +189,6 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
         result["eager_updates_per_s"] = timings[False]["updates_per_s"]
         result["compiled_speedup"] = timings[True]["updates_per_s"] / timings[False]["updates_per_s"]
     return result
-
-
-class TrainingStep:
-    """The training loop's step for one agent: sample on the device, update, metrics into the
-    device-side NaN tracker, read every DIVERGENCE_CHECK_INTERVAL steps. The first call's time is
-    kept: a compiled update plans its draws and compiles then."""
-
-    def __init__(
-        self, agent: Any, buffer: Any, batch_size: int, stack: tuple, seeds: int, device: Any
-    ) -> None:
-        from harness.run.members import DivergenceTracker
-
-        self.agent, self.buffer, self.batch_size, self.stack = agent, buffer, batch_size, stack
-        self.tracker = DivergenceTracker(seeds, device)
-        self.index = 0
-        self.first_s = 1.0 / _rate(1, self, device)
-
-    def __call__(self) -> None:
-        from harness.run.members import DIVERGENCE_CHECK_INTERVAL
-
-        self.index += 1
-        self.tracker.record(
-            self.index, self.agent.update(self.buffer.sample(self.batch_size, stack=self.stack))
-        )
-        if self.index % DIVERGENCE_CHECK_INTERVAL == 0:
-            self.tracker.check()
-
-
-def time_alternately(
-    steppers: dict[bool, TrainingStep], settings: BenchSettings, device: Any, say: Callable[[str], None]
-) -> dict[bool, dict[str, float]]:
-    """updates/s of each path (False: eager, True: compiled), best of `--repeats` rounds of
-    `--steps` updates, the paths taking turns in every round so that a busy machine slows both
-    alike; and each path's extra time at its first update (compile_s)."""
-    rates: dict[bool, list[float]] = {compiled: [] for compiled in steppers}
-    for round_index in range(settings.repeats):
-        for compiled, step in steppers.items():
-            path = "compiled" if compiled else "eager"
-            say(f"timing {settings.steps} {path} updates (round {round_index + 1}/{settings.repeats})")
-            rates[compiled].append(_rate(settings.steps, step, device))
-            say(f"{rates[compiled][-1]:.3g} {path} updates/s")
-    timings = {}
-    for compiled, step in steppers.items():
-        best = max(rates[compiled])
-        timings[compiled] = {"updates_per_s": best, "compile_s": max(0.0, step.first_s - 1.0 / best)}
-    return timings
 
 
 def bench_evaluation(settings: BenchSettings, device: Any, say: Callable[[str], None]) -> dict[str, Any]:
@@ -390,74 +275,6 @@ def _measure(settings: BenchSettings, device: Any, peak: float, progress: bool) 
     if settings.eval_episodes:
         result.update(bench_evaluation(settings, device, say))
     return result
-
-
-def format_result(result: dict[str, Any]) -> str:
-    """The measurements as aligned lines for a terminal."""
-    path = "compiled" if result["compiled"] else "eager"
-    lines = [
-        f"{result['method']} ({result['config']} config: hidden {result['hidden_dims']}, "
-        f"{result['num_critics']} critics, batch {result['batch_size']}, seeds {result['seeds']}) "
-        f"on {result['device']} ({result['threads']} threads, load {result['load_average_1m']:.2f})",
-        f"  updates/s           {result['updates_per_s']:.4g} {path} ({result['ms_per_update']:.4g} ms per update)",
-        f"  seed-updates/s      {result['seed_updates_per_s']:.4g}",
-    ]
-    if "eager_updates_per_s" in result:
-        lines.append(
-            f"  eager updates/s     {result['eager_updates_per_s']:.4g} "
-            f"(compiled {result['compiled_speedup']:.2f}x)"
-        )
-    if result["compile_s"] is not None:
-        lines.append(f"  compile s           {result['compile_s']:.3g} (the first update's extra time)")
-    lines += [
-        f"  GFLOP per update    {result['gflop_per_update']:.4g}",
-        f"  GFLOP/s             {result['gflop_per_s']:.4g} ({100 * result['peak_share']:.0f}% of the "
-        f"{result['peak_gflop_per_s']:.4g} GFLOP/s of one large matrix product)",
-    ]
-    if result.get("sampler_batches_per_s") is not None:
-        lines.append(f"  sampler batches/s   {result['sampler_batches_per_s']:.4g}")
-    if "eval_episodes_per_s" in result:
-        lines.append(
-            f"  eval episodes/s     {result['eval_episodes_per_s']:.4g} ({result['eval_episodes']} episodes, "
-            f"{result['eval_envs']} envs, {result['eval_workers']} workers, "
-            f"{result['eval_env_steps_per_s']:.4g} env steps/s)"
-        )
-    return "\n".join(lines)
-
-
-TABLE_COLUMNS = (
-    ("method", "method", "{}"),
-    ("config", "config", "{}"),
-    ("update", "compiled", "{}"),
-    ("seeds", "seeds", "{}"),
-    ("updates/s", "updates_per_s", "{:.3g}"),
-    ("seed-updates/s", "seed_updates_per_s", "{:.3g}"),
-    ("eager updates/s", "eager_updates_per_s", "{:.3g}"),
-    ("speed-up", "compiled_speedup", "{:.2f}x"),
-    ("compile s", "compile_s", "{:.0f}"),
-    ("GFLOP/s", "gflop_per_s", "{:.3g}"),
-    ("% of peak", "peak_share", "{:.0%}"),
-)
-
-
-def format_table(results: list[dict[str, Any]]) -> str:
-    """One markdown row per method (`--method all`)."""
-    header = "| " + " | ".join(title for title, _, _ in TABLE_COLUMNS) + " |"
-    rows = [header, "|" + "---|" * len(TABLE_COLUMNS)]
-    for result in results:
-        cells = []
-        for _, key, fmt in TABLE_COLUMNS:
-            value = result.get(key)
-            if key == "compiled":
-                value = "compiled" if value else "eager"
-            cells.append("" if value is None else fmt.format(value))
-        rows.append("| " + " | ".join(cells) + " |")
-    first = results[0]
-    rows.append(
-        f"\n{first['device']} ({first['device_name']}), {first['threads']} threads, torch {first['torch']}; "
-        f"peak {first['peak_gflop_per_s']:.4g} GFLOP/s (one {PEAK_MATMUL_SIZE}^2 float32 matrix product)"
-    )
-    return "\n".join(rows)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -26,8 +26,9 @@ from conftest import TASK, run_args
 
 from algorithms import registry
 from algorithms.base import Batch, EnvSpec, slice_agent_state
-from harness.bench import PAPER_SHAPES, synthetic_buffer
+from harness.bench import PAPER_SHAPES
 from harness.cli import main
+from harness.timing import synthetic_buffer
 from suites.smoke import TINY
 
 SPEC = EnvSpec(obs_dim=7, action_dim=2, horizon=3)
