@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,3 +87,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def kill_after_checkpoint(argv: list[str], status_path: Path, step: int, timeout_s: float = 120) -> dict:
+    """Start `flowarena ARGV` in a subprocess, kill -9 it once status.json reports a checkpoint at
+    `step` or later, and return its last status."""
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", *argv], stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if status_path.exists() and json.loads(status_path.read_text()).get("checkpoint_step", 0) >= step:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return json.loads(status_path.read_text())

@@ -13,16 +13,12 @@ tests/test_stacked.py.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import TASK, run_args
+from conftest import TASK, kill_after_checkpoint, run_args
 
 from algorithms import registry
 from algorithms.base import Batch, EnvSpec, slice_agent_state
@@ -142,18 +138,8 @@ def test_killed_compiled_run_resumes_to_the_uninterrupted_compiled_records(datas
     assert spec["compile"] == {"mode": "on", "compiled": True}
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", *args(killed)], stderr=subprocess.DEVNULL
-    )
-    status_path = killed / RUN_DIR / "status.json"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if status_path.exists() and json.loads(status_path.read_text()).get("checkpoint_step", 0) >= 20:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert json.loads(status_path.read_text())["step"] < 60  # killed mid-run
+    status = kill_after_checkpoint(args(killed), killed / RUN_DIR / "status.json", 20, timeout_s=300)
+    assert status["step"] < 60  # killed mid-run
 
     assert main(args(killed)) == 0
     for name in ("evals.parquet", "train.parquet"):

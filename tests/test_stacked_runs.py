@@ -5,16 +5,14 @@ exactly, and let the other seeds finish when one diverges."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import TASK, run_args
+from conftest import TASK, kill_after_checkpoint, run_args
 from plugin_method import FlowBC
 
 from algorithms import registry
@@ -99,16 +97,8 @@ def test_killed_group_resumes_with_the_same_records(dataset_dir, tmp_path):
     args = stacked_args(dataset_dir, tmp_path / "whole", steps=40, checkpoint_interval=10)
     subprocess.run([sys.executable, "-m", "harness.cli", *args], check=True, capture_output=True)
     args = stacked_args(dataset_dir, tmp_path / "killed", steps=40, checkpoint_interval=10)
-    process = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stderr=subprocess.DEVNULL)
-    status_path = tmp_path / "killed" / VARIANT_DIR / "seed1" / "status.json"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if status_path.exists() and json.loads(status_path.read_text()).get("checkpoint_step", 0) >= 10:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert json.loads(status_path.read_text())["state"] == "running"  # killed mid-run
+    status = kill_after_checkpoint(args, tmp_path / "killed" / VARIANT_DIR / "seed1" / "status.json", 10)
+    assert status["state"] == "running"  # killed mid-run
     subprocess.run([sys.executable, "-m", "harness.cli", *args], check=True, capture_output=True)
     for seed in (0, 1):
         for kind in ("evals", "train"):

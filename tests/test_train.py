@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TASK, run_args
+from conftest import TASK, kill_after_checkpoint, run_args
 
 from harness.run.records import EVAL_COLUMNS
 
@@ -53,16 +51,7 @@ def test_killed_run_resumes_with_the_same_records(dataset_dir, tmp_path):
 
     killed_out = tmp_path / "killed"
     args = run_args(dataset_dir, killed_out, steps=60, checkpoint_interval=20)
-    process = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stderr=subprocess.DEVNULL)
-    status_path = killed_out / RUN_DIR / "status.json"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if status_path.exists() and json.loads(status_path.read_text()).get("checkpoint_step", 0) >= 20:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    status = json.loads(status_path.read_text())
+    status = kill_after_checkpoint(args, killed_out / RUN_DIR / "status.json", 20)
     assert status["state"] == "running" and status["step"] < 60  # killed mid-run
 
     subprocess.run([sys.executable, "-m", "harness.cli", *args], check=True, capture_output=True)
