@@ -17,10 +17,18 @@ capture as a single graph (`fullgraph=True`) without changing its mathematics:
 
 Polyak averaging and the fused Adam step stay outside the graph: each is one multi-tensor kernel
 already, and torch's optimizer step breaks graphs on purpose.
+
+The first compiled call for each batch shape is checked against the eager update: the same state,
+batch and draws run eagerly too, and the two gradients must agree to MISMATCH_TOLERANCE of each
+parameter's largest gradient (float rounding gives about 1e-6 here). A compiler fault that gets
+the mathematics wrong (one was met: torch 2.13's Inductor mis-computed a critic's first-layer
+gradient by 1-3% when GELU's sigmoid form was differentiated by autograd) then costs one warning
+and the rest of the run eagerly, never a wrong run.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,6 +41,12 @@ if TYPE_CHECKING:
 
 
 RECOMPILE_LIMIT = 256
+MISMATCH_TOLERANCE = 1e-3  # of a parameter's largest eager gradient
+MISMATCH_FLOOR = 1e-6  # absolute, for parameters whose gradient is zero up to rounding
+
+
+class CompiledUpdateMismatch(UserWarning):
+    """The compiled update's gradients differ from the eager update's: the run goes on eagerly."""
 
 
 class CompiledUpdate:
@@ -49,17 +63,66 @@ class CompiledUpdate:
 
     def __call__(self, batch: Batch) -> tuple[list[str], Tensor]:
         shape = tuple(batch.observations.shape)
-        if shape not in self.plans:
+        first_call = shape not in self.plans
+        if first_call:
             self.plans[shape] = plan_draws(self.agent, batch)
         plan, names = self.plans[shape]
         draws = [planned.draw() for planned in plan]
+        if first_call:
+            return names, self._checked_call(batch, draws, names)
+        return names, self._call(batch, draws)
+
+    def _call(self, batch: Batch, draws: list[Tensor]) -> Tensor:
         # One graph per (method, config, batch shape); a process that builds many agents (tests,
         # stacked and lone seeds side by side) keeps them all.
         try:
             with torch._dynamo.config.patch(trace_autograd_ops=True, recompile_limit=RECOMPILE_LIMIT):
-                return names, self.compiled(batch, draws)
+                return self.compiled(batch, draws)
         finally:
             _TAPE.replay = None  # an update that raised must not leave later draws on the tape
+
+    def _checked_call(self, batch: Batch, draws: list[Tensor], names: list[str]) -> Tensor:
+        """The compiled call, after the eager update on the same state, batch and draws; when their
+        gradients disagree, warns, keeps the eager gradients and turns compiling off for the agent."""
+        params = self.agent._trainable()
+        _, eager_values = self.agent.gradient_step(batch, draws)
+        eager_grads = [param.grad for param in params]
+        for param in params:
+            param.grad = None
+        values = self._call(batch, draws)
+        mismatch = gradient_mismatch(eager_grads, [param.grad for param in params])
+        if mismatch is None:
+            return values
+        index, error = mismatch
+        param_names = {id(param): name for name, param in self.agent.named_parameters()}
+        warnings.warn(
+            f"the compiled update of {self.agent.name} disagrees with the eager update: the gradient "
+            f"of {param_names.get(id(params[index]), index)} differs by {error:.2g} of its largest entry "
+            f"(tolerance {MISMATCH_TOLERANCE:g}); a compiler fault, so this run goes on eagerly "
+            "(report it with your torch version)",
+            CompiledUpdateMismatch,
+            stacklevel=2,
+        )
+        for param, grad in zip(params, eager_grads):
+            param.grad = grad
+        self.agent.compiled_update = None
+        return eager_values
+
+
+def gradient_mismatch(eager: list[Tensor | None], compiled: list[Tensor | None]) -> tuple[int, float] | None:
+    """The first parameter (its index and error relative to its largest eager gradient) whose
+    compiled gradient is off by more than MISMATCH_TOLERANCE of that, plus MISMATCH_FLOOR; None
+    when every gradient agrees."""
+    for index, (want, got) in enumerate(zip(eager, compiled)):
+        if want is None or got is None:
+            if want is not got:
+                return index, float("inf")
+            continue
+        scale = want.abs().max().item()
+        error = (got - want).abs().max().item()
+        if not error <= MISMATCH_TOLERANCE * scale + MISMATCH_FLOOR:  # NaN counts as a mismatch
+            return index, error / scale if scale else float("inf")
+    return None
 
 
 def plan_draws(agent: Agent, batch: Batch) -> tuple[list[PlannedDraw], list[str]]:

@@ -36,12 +36,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from algorithms.base import Agent, AnyGenerator, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
-from algorithms.nets import StackedLayerNorm, StackedLinear
+from algorithms.nets import StackedLayerNorm, StackedLinear, mish
 from algorithms.registry import RegistryError, register
 
 ACTOR_LOSS_TYPES = ("qsm", "dac")
@@ -205,7 +204,7 @@ class MishMLP(nn.Module):
         for i, linear in enumerate(self.linears):
             x = linear(x)
             if i < last:
-                x = F.mish(x)
+                x = mish(x)
                 if self.norms is not None:
                     x = self.norms[i](x)
         return x
