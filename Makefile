@@ -23,7 +23,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadgroup
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --ignore=tests/slurm
+	$(BIN)/python -m pytest -q tests/slurm
 
 clean:
 	rm -rf $(VENV) results data/demo

@@ -69,7 +69,7 @@ class CompiledUpdate:
         plan, names = self.plans[shape]
         draws = [planned.draw() for planned in plan]
         if first_call:
-            return names, self._checked_call(batch, draws, names)
+            return names, self._checked_call(batch, draws)
         return names, self._call(batch, draws)
 
     def _call(self, batch: Batch, draws: list[Tensor]) -> Tensor:
@@ -81,7 +81,7 @@ class CompiledUpdate:
         finally:
             _TAPE.replay = None  # an update that raised must not leave later draws on the tape
 
-    def _checked_call(self, batch: Batch, draws: list[Tensor], names: list[str]) -> Tensor:
+    def _checked_call(self, batch: Batch, draws: list[Tensor]) -> Tensor:
         """The compiled call, after the eager update on the same state, batch and draws; when their
         gradients disagree, warns, keeps the eager gradients and turns compiling off for the agent."""
         params = self.agent._trainable()
@@ -112,11 +112,14 @@ class CompiledUpdate:
 def gradient_mismatch(eager: list[Tensor | None], compiled: list[Tensor | None]) -> tuple[int, float] | None:
     """The first parameter (its index and error relative to its largest eager gradient) whose
     compiled gradient is off by more than MISMATCH_TOLERANCE of that, plus MISMATCH_FLOOR; None
-    when every gradient agrees."""
+    when every gradient agrees. A gradient that is not finite in the eager update (a diverging
+    run, which the harness stops by itself) says nothing about the compiler and is skipped."""
     for index, (want, got) in enumerate(zip(eager, compiled)):
         if want is None or got is None:
             if want is not got:
                 return index, float("inf")
+            continue
+        if not torch.isfinite(want).all():
             continue
         scale = want.abs().max().item()
         error = (got - want).abs().max().item()

@@ -27,26 +27,12 @@ os.environ.setdefault(
 )
 
 
-# `make test` runs the suite in pytest-xdist workers (`-n`, `--dist loadgroup`). Tests that share
-# one resource stay on one worker: the Slurm cluster (its fixture stops a cluster it started when
-# its worker's session ends), and Inductor's compiled code (the first test compiles, the others
-# load it from the cache above instead of compiling the same graph side by side).
-SERIAL_GROUPS = {
-    "slurm": ("tests/slurm/",),
-    "inductor": ("tests/test_bench.py", "tests/test_compiled.py"),
-}
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Tiny networks gain nothing from intra-op threads, and workers side by side would oversubscribe
-    # the cores; runs the tests start in subprocesses inherit the setting.
+    # `make test` runs the suite in pytest-xdist workers, one per core. Tiny networks gain nothing
+    # from intra-op threads, and workers side by side would oversubscribe the cores; runs the tests
+    # start in subprocesses inherit the setting.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        for group, prefixes in SERIAL_GROUPS.items():
-            if item.nodeid.startswith(prefixes):
-                item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

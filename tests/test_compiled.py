@@ -189,6 +189,18 @@ def test_a_compiled_update_that_disagrees_with_the_eager_one_falls_back_to_eager
         assert torch.equal(faulty.state_dict()["modules"][name], tensor), name
 
 
+def test_gradient_mismatch_is_relative_to_each_parameters_largest_gradient():
+    from algorithms.compiled import gradient_mismatch
+
+    grad = torch.tensor([[2.0, -1.0], [0.5, 0.0]])
+    assert gradient_mismatch([grad, None], [grad * 1.0005, None]) is None  # within 1e-3 of 2.0
+    index, error = gradient_mismatch([grad, grad], [grad, grad + torch.tensor([[0.0, 0.02], [0.0, 0.0]])])
+    assert index == 1 and error == pytest.approx(0.01)
+    assert gradient_mismatch([grad], [None]) == (0, float("inf"))
+    assert gradient_mismatch([grad], [grad * float("nan")])[0] == 0  # a NaN only the compiled update has
+    assert gradient_mismatch([grad * float("nan")], [grad]) is None  # a diverging run says nothing
+
+
 def test_a_draw_the_plan_does_not_have_is_an_error():
     from algorithms.base import _TAPE
 
