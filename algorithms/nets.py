@@ -32,7 +32,16 @@ EXP_FORMS_WHEN_COMPILED = True
 MISH_LINEAR_FROM = 20.0  # tanh(softplus(x)) is 1 in float32 from here on (1 - 1e-17 at 20)
 
 
-class _SigmoidGelu(torch.autograd.Function):
+class _ExpFormActivation(torch.autograd.Function):
+    """An elementwise activation whose written-out derivative is computed from its input alone:
+    subclasses give `forward(x)` and `backward(ctx, grad)`, which reads x from ctx.saved_tensors."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        ctx.save_for_backward(inputs[0])
+
+
+class _SigmoidGelu(_ExpFormActivation):
     """GELU(tanh) as x * sigmoid(2 u), for compiled graphs. The derivative is written out (and is
     itself differentiable, for losses that differentiate a gradient): left to autograd, the
     sigmoid form's derivative met an Inductor fault in torch 2.13 (a critic's first-layer gradient
@@ -41,10 +50,6 @@ class _SigmoidGelu(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor) -> Tensor:
         return x * torch.sigmoid(_GELU_SCALE * (x + _GELU_CUBIC * x * x * x))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
@@ -72,7 +77,7 @@ def _mish_parts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return e, n, n / (n + 2)
 
 
-class _ExpFormMish(torch.autograd.Function):
+class _ExpFormMish(_ExpFormActivation):
     """Mish, x tanh(softplus(x)), from one exp (see `mish`), with its derivative written out:
     d/dx = tanh(softplus(x)) + x (1 - tanh^2(softplus(x))) sigmoid(x), where 1 - tanh^2 =
     (4 n + 4) / (n + 2)^2 and sigmoid(x) = e / (1 + e)."""
@@ -80,10 +85,6 @@ class _ExpFormMish(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor) -> Tensor:
         return x * _mish_parts(x)[2]
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
