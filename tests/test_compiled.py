@@ -184,7 +184,8 @@ def test_a_compiled_update_that_disagrees_with_the_eager_one_falls_back_to_eager
     assert faulty.compiled_update is None
     eager.update(batches[0])
     for batch in batches[1:]:
-        eager.update(batch), faulty.update(batch)
+        eager.update(batch)
+        faulty.update(batch)
     for name, tensor in eager.state_dict()["modules"].items():
         assert torch.equal(faulty.state_dict()["modules"][name], tensor), name
 
