@@ -116,6 +116,10 @@ class StackedLinear(nn.Module):
         weight, bias = (self.weight.detach(), self.bias.detach()) if frozen else (self.weight, self.bias)
         if not self.stack:
             return torch.addmm(bias[0], x, weight) if x.dim() == 2 else torch.matmul(x, weight) + bias[0]
+        if weight.shape[-1] == 1:
+            # A critic's one-output head: a batched product with one column is about 5x slower on
+            # a CPU than this product and sum (151 against 31 us for two 256 x 256 members).
+            return (x * weight.transpose(-1, -2)).sum(-1, keepdim=True) + bias
         if x.dim() == 3 and x.shape[:-2] == weight.shape[:-2]:  # one stack dim, no broadcast: bias add fused
             return torch.baddbmm(bias, x, weight)
         return torch.matmul(x, weight) + bias

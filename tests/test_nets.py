@@ -5,7 +5,7 @@ import math
 import torch
 
 from algorithms.critic import EnsembleCritic, pessimistic_value
-from algorithms.nets import MLP, TanhGaussian
+from algorithms.nets import MLP, StackedLinear, TanhGaussian
 
 
 def member(mlp: MLP, index: int, layer_norm: bool) -> torch.nn.Sequential:
@@ -39,6 +39,25 @@ def test_ensemble_members_equal_separate_modules():
         expected = member(critic.net, k, layer_norm=True)(torch.cat([obs, actions], -1)).squeeze(-1)
         torch.testing.assert_close(qs[k], expected)
     assert not torch.allclose(qs[0], qs[1])  # members are initialised independently
+
+
+def test_one_output_head_equals_batched_product_with_gradients():
+    """The one-column head is computed as a product and sum: values and gradients equal the
+    batched matrix product's, for one or two stack dimensions and an input shared by members."""
+    torch.manual_seed(0)
+    for stack, x_shape in (((4,), (4, 7, 5)), ((2, 3), (2, 3, 7, 5)), ((4,), (7, 5))):
+        head = StackedLinear(5, 1, stack).double()
+        head.bias.data.normal_()
+        x = torch.randn(x_shape, dtype=torch.float64, requires_grad=True)
+        got = head(x)
+        want = torch.matmul(x, head.weight) + head.bias
+        assert got.shape == want.shape == (*stack, 7, 1)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        upstream = torch.randn_like(got)
+        grads_got = torch.autograd.grad(got, (x, head.weight, head.bias), upstream)
+        grads_want = torch.autograd.grad(want, (x, head.weight, head.bias), upstream)
+        for a, b in zip(grads_got, grads_want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_xavier_uniform_bounds_and_zero_biases():

@@ -64,10 +64,14 @@ def test_a_huge_bc_weight_returns_the_dataset_chunk(one_thread):
     for _ in range(300):
         agent.update(batch)
     samples = agent.act(STATE.expand(256, 2))
-    error = (samples - DATA_CHUNK.flatten()).abs()
+    error = (samples - DATA_CHUNK.flatten()).abs().mean().item()
+    mean, _ = agent.distribution(STATE.expand(1, 2))
+    mode_error = (torch.tanh(mean).flatten() - DATA_CHUNK.flatten()).abs().max().item()
     assert start > 0.4  # the untrained actor samples wide chunks around about 0
-    assert error.mean().item() < 0.02, error.mean().item()
-    assert error.max().item() < 0.1, error.max().item()
+    # The mode sits on the chunk; the samples keep the spread the entropy target asks for (seeds
+    # 0-5 here: mode within 0.001-0.008, samples 0.017-0.021 off on average; without BC, > 0.2).
+    assert mode_error < 0.02, mode_error
+    assert error < 0.03, error
 
 
 def test_without_bc_the_same_data_leaves_the_actor_wide(one_thread):
