@@ -18,7 +18,7 @@ from typing import Any
 from harness.errors import UserError
 
 COMPILE_CHOICES = ("auto", "on", "off")
-# `auto` compiles runs of at least this many updates: at the measured 1.09-1.63x on one CPU core,
+# `auto` compiles runs of at least this many updates: at the measured 1.09-1.64x on one CPU core,
 # after 18-133 s of compiling (README, Performance), much shorter runs would not repay it.
 AUTO_MIN_UPDATES = 50_000
 CACHE_DIR_NAME = ".compile_cache"
