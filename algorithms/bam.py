@@ -30,6 +30,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from algorithms import values
 from algorithms.base import BaseConfig
 from algorithms.critic import pessimistic_value
 from algorithms.flow import Velocity, memoryless_sde, memoryless_sigmas
@@ -39,6 +40,12 @@ from algorithms.registry import register
 
 @dataclass
 class BAMConfig(BaseConfig):
+    VALID = {
+        "inv_temp": values.NON_NEGATIVE,
+        "fql_alpha": values.NON_NEGATIVE,
+        "edit_scale": values.NON_NEGATIVE,
+    }
+
     inv_temp: float = 0.3  # tau of -tau Qbar(s, x_N); per-domain values come from the suite
     target_base: bool = True  # v_b' (the Polyak target) in the SDE's last step and the cost (else v_b)
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)

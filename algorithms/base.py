@@ -21,15 +21,14 @@ the lone agents' states (networks, optimiser, generators).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from algorithms.compiled import CompiledUpdate
+from algorithms import values
 
 ACT_SEED_OFFSET = 1_000_003  # the acting generator of seed s starts from seed s + this
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
@@ -194,7 +193,19 @@ def _generators(seeds: Sequence[int], offset: int, device: torch.device, stacked
 
 @dataclass
 class BaseConfig:
-    """Fields the harness reads from every method's config."""
+    """Fields the harness reads from every method's config. `VALID` declares the valid values of
+    the keys many methods share; a method's config adds its own keys' (algorithms/values.py)."""
+
+    VALID: ClassVar[dict[str, values.Valid]] = {
+        "batch_size": values.COUNT,
+        "hidden_dims": values.LAYER_WIDTHS,
+        "num_critics": values.COUNT,
+        "rho": values.NON_NEGATIVE,
+        "lr": values.POSITIVE,
+        "target_tau": values.POLYAK_RATE,
+        "max_grad_norm": values.POSITIVE,
+        "flow_steps": values.COUNT,
+    }
 
     batch_size: int = 256
 
@@ -228,7 +239,8 @@ class Agent(nn.Module):
         self.max_grad_norm: float | None = None
         self._target_pairs: list[tuple[nn.Module, nn.Module]] = []
         self.target_tau = 0.0
-        self.compiled_update: CompiledUpdate | None = None  # set by use_compiled_update
+        # In place of `gradient_step` when set (algorithms.compiled.use_compiled_update).
+        self.compiled_update: Callable[[Batch], tuple[list[str], Tensor]] | None = None
 
     # --- what a method implements -------------------------------------------------
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -284,8 +296,9 @@ class Agent(nn.Module):
     def update(self, batch: Batch) -> Metrics:
         """One gradient step. Returns its metrics as a mapping of floats (a list of floats per
         metric when seeds are stacked), read from the device when first accessed: the step itself
-        never waits for the device (`Metrics.tensor` holds them there). After `use_compiled_update`
-        the loss, backward pass and clipping run as one compiled graph (algorithms/compiled.py)."""
+        never waits for the device (`Metrics.tensor` holds them there). After
+        `algorithms.compiled.use_compiled_update(agent)` the loss, backward pass and clipping run as
+        one compiled graph."""
         assert self.optimizer is not None, f"{type(self).__name__} never called setup_optimizer"
         self.optimizer.zero_grad(set_to_none=True)
         if self.compiled_update is None:
@@ -313,13 +326,6 @@ class Agent(nn.Module):
             )
         values["loss"] = loss.detach()
         return stack_metrics(values, self.stack)
-
-    def use_compiled_update(self, *, backend: str = "inductor", mode: str | None = None) -> None:
-        """Run every later `update` with its loss, backward pass and clipping compiled into one
-        graph by torch.compile (the same mathematics; float rounding may differ)."""
-        from algorithms.compiled import CompiledUpdate
-
-        self.compiled_update = CompiledUpdate(self, backend=backend, mode=mode)
 
     def _trainable(self) -> list[Tensor]:
         assert self.optimizer is not None

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from algorithms import values
 from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
 from algorithms.flow import flow_matching_loss
 from algorithms.nets import VelocityField
-from algorithms.registry import RegistryError, register
+from algorithms.registry import register
 
 MODES = ("simple", "mse", "linex")
 
@@ -49,6 +50,14 @@ Value = Callable[[Tensor, float], Tensor]
 
 @dataclass
 class CGQLConfig(BaseConfig):
+    VALID = {
+        "mode": values.one_of(*MODES),
+        "inv_temp": values.NON_NEGATIVE,
+        "guidance_coef": values.NON_NEGATIVE,
+        "noisy_coef": values.NON_NEGATIVE,
+        "isd_clip": values.FINITE,
+    }
+
     mode: str = "simple"  # what the critic learns at noisy actions: simple | mse | linex
     inv_temp: float = 1.0  # tau of the classifier exp(tau Q); per-domain values come from the suite
     guidance_coef: float = 0.1  # weight of the guidance term in the sampling velocity
@@ -62,12 +71,6 @@ class CGQLConfig(BaseConfig):
     target_tau: float = 0.005
     flow_steps: int = 10
     batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise RegistryError(f"cgql mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.flow_steps < 1:
-            raise RegistryError(f"cgql flow_steps must be >= 1, got {self.flow_steps!r}")
 
 
 def noisy_critic_loss(

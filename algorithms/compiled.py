@@ -1,6 +1,6 @@
 """The compiled update: one method's loss, backward pass and gradient clipping as one torch.compile graph.
 
-`Agent.update` stays the one place where a step happens; after `agent.use_compiled_update()` it
+`Agent.update` stays the one place where a step happens; after `use_compiled_update(agent)` it
 calls a `CompiledUpdate` instead of the eager `Agent.gradient_step`. Three things make the step
 capture as a single graph (`fullgraph=True`) without changing its mathematics:
 
@@ -29,16 +29,11 @@ and the rest of the run eagerly, never a wrong run.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from algorithms.base import _TAPE, Batch, PlannedDraw
-
-if TYPE_CHECKING:
-    from algorithms.base import Agent
-
+from algorithms.base import _TAPE, Agent, Batch, PlannedDraw
 
 RECOMPILE_LIMIT = 256
 MISMATCH_TOLERANCE = 1e-3  # of a parameter's largest eager gradient
@@ -47,6 +42,12 @@ MISMATCH_FLOOR = 1e-6  # absolute, for parameters whose gradient is zero up to r
 
 class CompiledUpdateMismatch(UserWarning):
     """The compiled update's gradients differ from the eager update's: the run goes on eagerly."""
+
+
+def use_compiled_update(agent: Agent, *, backend: str = "inductor", mode: str | None = None) -> None:
+    """Run every later `agent.update` with its loss, backward pass and clipping compiled into one
+    graph by torch.compile (the same mathematics; float rounding may differ)."""
+    agent.compiled_update = CompiledUpdate(agent, backend=backend, mode=mode)
 
 
 class CompiledUpdate:

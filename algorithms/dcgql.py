@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from algorithms import values
 from algorithms.base import Agent, AnyGenerator, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
 from algorithms.nets import StackedLayerNorm, StackedLinear, mish
@@ -52,6 +53,15 @@ Denoise = Callable[[Tensor, int], Tensor]
 
 @dataclass
 class DCGQLConfig(BaseConfig):
+    VALID = {
+        "actor_loss_type": values.one_of(*ACTOR_LOSS_TYPES),
+        "inv_temp": values.NON_NEGATIVE,
+        "alpha": values.NON_NEGATIVE,
+        "diffusion_steps": values.COUNT,
+        "beta_schedule": values.one_of(*BETA_SCHEDULES),
+        "time_dim": values.Valid(low=2, integer=True, even=True),
+    }
+
     actor_loss_type: str = "qsm"  # qsm | dac (step 6)
     inv_temp: float = 1.0  # tau of QSM's regression target -tau g; DAC ignores it
     alpha: float = 0.0  # weight of the denoising BC loss
@@ -71,18 +81,6 @@ class DCGQLConfig(BaseConfig):
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.actor_loss_type not in ACTOR_LOSS_TYPES:
-            raise RegistryError(
-                f"actor_loss_type must be one of {', '.join(ACTOR_LOSS_TYPES)}, got {self.actor_loss_type!r}"
-            )
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise RegistryError(
-                f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {self.beta_schedule!r}"
-            )
-        if self.diffusion_steps < 1:
-            raise RegistryError(f"diffusion_steps must be >= 1, got {self.diffusion_steps!r}")
-        if self.time_dim < 2 or self.time_dim % 2:
-            raise RegistryError(f"time_dim must be an even number >= 2, got {self.time_dim!r}")
         if self.actor_loss_type == "dac" and self.alpha <= 0:
             # DAC's Q term is linear in eps_theta: without the BC term the loss has no minimum.
             raise RegistryError(f"actor_loss_type dac needs alpha > 0 (its BC weight), got {self.alpha!r}")

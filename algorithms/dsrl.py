@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from algorithms import values
 from algorithms.base import Agent, AnyGenerator, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
 from algorithms.flow import flow_matching_loss, sample_actions
@@ -37,6 +38,8 @@ from algorithms.registry import register
 
 @dataclass
 class DSRLConfig(BaseConfig):
+    VALID = {"noise_scale": values.POSITIVE, "target_entropy_multiplier": values.FINITE}
+
     noise_scale: float = 1.0  # the latent policy's noise lies in (-noise_scale, noise_scale)^D; per domain
     target_entropy_multiplier: float = 0.5  # target entropy = -multiplier * H * |A|
     use_target_latent: bool = True  # map noise to actions with the target flow v_b' (else v_b)
@@ -65,8 +68,6 @@ class DSRL(Agent):
         seed: int | Sequence[int] = 0,
     ) -> None:
         super().__init__(spec, config, device=device, seed=seed)
-        if config.noise_scale <= 0:
-            raise ValueError(f"noise_scale must be > 0, got {config.noise_scale}")
         obs_dim, chunk_dim, hidden = spec.obs_dim, spec.chunk_dim, config.hidden_dims
         self.critic = EnsembleCritic(obs_dim, chunk_dim, hidden, config.num_critics, stack=self.stack)
         self.target_critic = copy.deepcopy(self.critic)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from algorithms import values
 from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
 from algorithms.flow import flow_matching_loss, sample_actions
@@ -34,6 +35,8 @@ from algorithms.registry import register
 
 @dataclass
 class FAWACConfig(BaseConfig):
+    VALID = {"inv_temp": values.NON_NEGATIVE, "max_weight": values.POSITIVE}
+
     inv_temp: float = 10.0  # scale of the advantage in the weights; per-domain values from the suite
     max_weight: float = 100.0  # weights are clipped to this from above
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from algorithms import values
 from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
 from algorithms.flow import euler_ode, flow_matching_loss, sample_actions
@@ -29,6 +30,8 @@ from algorithms.registry import register
 
 @dataclass
 class FBRACConfig(BaseConfig):
+    VALID = {"alpha": values.POSITIVE}  # the Q term is divided by alpha
+
     alpha: float = 0.1  # the Q term is scaled by 1 / alpha; per-domain values come from the suite
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
     num_critics: int = 10
@@ -55,8 +58,6 @@ class FBRAC(Agent):
         seed: int | Sequence[int] = 0,
     ) -> None:
         super().__init__(spec, config, device=device, seed=seed)
-        if config.alpha <= 0:
-            raise ValueError(f"alpha must be > 0 (the Q term is scaled by 1 / alpha), got {config.alpha}")
         obs_dim, chunk_dim = spec.obs_dim, spec.chunk_dim
         self.critic = EnsembleCritic(
             obs_dim, chunk_dim, config.hidden_dims, config.num_critics, stack=self.stack

@@ -30,15 +30,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from algorithms import values
 from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
 from algorithms.flow import flow_matching_loss, sample_actions
 from algorithms.nets import TanhGaussian, VelocityField
-from algorithms.registry import RegistryError, register
+from algorithms.registry import register
 
 
 @dataclass
 class FEditConfig(BaseConfig):
+    VALID = {
+        "edit_scale": values.NON_NEGATIVE,
+        "edit_target_entropy": values.FINITE_OR_NONE,
+        "edit_target_entropy_multiplier": values.FINITE,
+    }
+
     edit_scale: float = 0.2  # largest move per coordinate; per-domain values come from the suite
     edit_target_entropy: float | None = None  # None: -edit_target_entropy_multiplier * H * |A|
     edit_target_entropy_multiplier: float = 0.5
@@ -49,10 +56,6 @@ class FEditConfig(BaseConfig):
     target_tau: float = 0.005
     flow_steps: int = 10
     batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        if self.edit_scale < 0:
-            raise RegistryError(f"fedit edit_scale must be >= 0, got {self.edit_scale!r}")
 
 
 @register

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from algorithms import values
 from algorithms.base import Agent, BaseConfig, Batch
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
 from algorithms.flow import flow_matching_loss, sample_actions
@@ -25,6 +26,8 @@ from algorithms.registry import register
 
 @dataclass
 class FQLConfig(BaseConfig):
+    VALID = {"alpha": values.NON_NEGATIVE}
+
     alpha: float = 10.0  # distillation weight; per-domain values come from the suite
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
     num_critics: int = 10

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from algorithms import values
 from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
 from algorithms.critic import (
     EnsembleCritic,
@@ -34,11 +35,13 @@ from algorithms.critic import (
 )
 from algorithms.flow import flow_matching_loss, sample_actions
 from algorithms.nets import MLP, VelocityField
-from algorithms.registry import RegistryError, register
+from algorithms.registry import register
 
 
 @dataclass
 class IFQLConfig(BaseConfig):
+    VALID = {"kappa": values.PROBABILITY, "num_samples": values.COUNT}
+
     kappa: float = 0.9  # IQL expectile of the value regression; per-domain values from the suite
     num_samples: int = 32  # candidate chunks per state when acting
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
@@ -48,12 +51,6 @@ class IFQLConfig(BaseConfig):
     target_tau: float = 0.005
     flow_steps: int = 10
     batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.kappa <= 1:
-            raise RegistryError(f"ifql kappa must be in [0, 1], got {self.kappa!r}")
-        if self.num_samples < 1:
-            raise RegistryError(f"ifql num_samples must be >= 1, got {self.num_samples!r}")
 
 
 @register

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from algorithms import values
 from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
 from algorithms.flow import (
@@ -39,11 +40,17 @@ from algorithms.flow import (
     sample_actions,
 )
 from algorithms.nets import MLP, TanhGaussian, VelocityField
-from algorithms.registry import register
+from algorithms.registry import RegistryError, register
 
 
 @dataclass
 class QAMConfig(BaseConfig):
+    VALID = {
+        "inv_temp": values.NON_NEGATIVE,
+        "fql_alpha": values.NON_NEGATIVE,
+        "edit_scale": values.NON_NEGATIVE,
+    }
+
     inv_temp: float = 0.3  # tau of pi_b exp(tau Q); per-domain values come from the suite
     fql_alpha: float = 0.0  # > 0: QAM-FQL, a one-step policy distilled with this weight
     edit_scale: float = 0.0  # > 0: QAM-EDIT, actions edited by edit_scale * delta
@@ -57,6 +64,13 @@ class QAMConfig(BaseConfig):
     max_grad_norm: float = 1.0  # global over every network (per seed)
     flow_steps: int = 10
     batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.fql_alpha > 0 and self.edit_scale > 0:
+            raise RegistryError(
+                f"QAM-FQL (fql_alpha={self.fql_alpha:g}) and QAM-EDIT (edit_scale={self.edit_scale:g}) "
+                "cannot be combined: set one of fql_alpha and edit_scale to 0"
+            )
 
 
 # Preset defaults, each a row of the per-domain table (docs/methods/qam.md): QAM-FQL at cube-quadruple's
@@ -83,13 +97,6 @@ class QAM(Agent):
         seed: int | Sequence[int] = 0,
     ) -> None:
         super().__init__(spec, config, device=device, seed=seed)
-        if config.fql_alpha > 0 and config.edit_scale > 0:
-            raise ValueError(
-                f"QAM-FQL (fql_alpha={config.fql_alpha}) and QAM-EDIT (edit_scale={config.edit_scale}) "
-                "cannot be combined: set one of fql_alpha and edit_scale to 0"
-            )
-        if config.inv_temp < 0:
-            raise ValueError(f"inv_temp must be >= 0, got {config.inv_temp}")
         obs_dim, chunk_dim, hidden = spec.obs_dim, spec.chunk_dim, config.hidden_dims
         self.critic = EnsembleCritic(obs_dim, chunk_dim, hidden, config.num_critics, stack=self.stack)
         self.target_critic = copy.deepcopy(self.critic)

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from algorithms import values
 from algorithms.base import Agent, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, expectile_loss
 from algorithms.flow import flow_matching_loss, grid_flow_matching_loss
 from algorithms.nets import MLP, OUTPUT_INITS, EmbeddedTimeVelocityField
-from algorithms.registry import RegistryError, register
+from algorithms.registry import register
 
 ESTIMATORS = ("standard", "noisy", "jacobian")
 BC_LOSSES = ("shared", "qgf")
@@ -52,6 +53,15 @@ Critic = Callable[[Tensor], Tensor]
 
 @dataclass
 class QGFConfig(BaseConfig):
+    VALID = {
+        "estimator": values.one_of(*ESTIMATORS),
+        "expectile": values.PROBABILITY,
+        "actor_output_init": values.one_of(*OUTPUT_INITS),
+        "time_embedding_dim": values.Valid(low=0, integer=True, even=True),  # 0: the raw t
+        "bc_loss": values.one_of(*BC_LOSSES),
+        "online_explorative_guidance_weight": values.NON_NEGATIVE,
+    }
+
     estimator: str = "standard"  # how a_hat is formed: standard | noisy | jacobian
     expectile: float = 0.9  # of the value regression: weights e / (1 - e) on under / over
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
@@ -69,22 +79,6 @@ class QGFConfig(BaseConfig):
     target_tau: float = 0.005
     flow_steps: int = 10
     batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        choices = {"estimator": ESTIMATORS, "bc_loss": BC_LOSSES, "actor_output_init": OUTPUT_INITS}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise RegistryError(
-                    f"qgf {key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}"
-                )
-        if not 0 <= self.expectile <= 1:
-            raise RegistryError(f"qgf expectile must be in [0, 1], got {self.expectile!r}")
-        if self.flow_steps < 1:
-            raise RegistryError(f"qgf flow_steps must be >= 1, got {self.flow_steps!r}")
-        if self.time_embedding_dim < 0 or self.time_embedding_dim % 2:
-            raise RegistryError(
-                f"qgf time_embedding_dim must be 0 (raw t) or a positive even number, got {self.time_embedding_dim!r}"
-            )
 
 
 def guidance_gradient(

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from algorithms import values
 from algorithms.base import Agent, AnyGenerator, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
 from algorithms.nets import MLP
@@ -39,6 +40,14 @@ from algorithms.registry import register
 
 @dataclass
 class ReBRACConfig(BaseConfig):
+    VALID = {
+        "alpha_actor": values.NON_NEGATIVE,
+        "actor_noise": values.NON_NEGATIVE,
+        "actor_noise_clip": values.NON_NEGATIVE,
+        "actor_freq": values.COUNT,
+        "actor_fc_scale": values.POSITIVE,
+    }
+
     alpha_actor: float = 0.0  # weight of the actor's BC penalty; per-domain values come from the suite
     actor_noise: float = 0.2  # std of the target-smoothing (and acting) noise
     actor_noise_clip: float = 0.5  # that noise is clipped to [-clip, clip]

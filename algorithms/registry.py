@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from algorithms import values
 from algorithms.base import Agent, EnvSpec, stack_agent_states
 
 ENTRY_POINT_GROUP = "flowarena.algorithms"
@@ -29,7 +30,7 @@ A = TypeVar("A", bound=type[Agent])
 
 
 class RegistryError(ValueError):
-    """An unknown method or config key, or a value of the wrong type."""
+    """An unknown method or config key, a value of the wrong type or outside the key's valid values."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ def register(
         add(Method(normalize(agent_cls.name), agent_cls, {}, _first_line(agent_cls.__doc__)))
         for preset, defaults in (presets or {}).items():
             _check_keys(agent_cls, defaults, preset)
+            check_values(agent_cls, defaults, preset)
             add(Method(normalize(preset), agent_cls, dict(defaults), _first_line(agent_cls.__doc__)))
         return agent_cls
 
@@ -130,7 +132,18 @@ def parse_overrides(method: str | Method, overrides: Mapping[str, Any]) -> dict[
     m = get(method) if isinstance(method, str) else method
     _check_keys(m.cls, overrides, m.name)
     hints = typing.get_type_hints(m.cls.Config)
-    return {key: coerce(value, hints[key], key) for key, value in overrides.items()}
+    parsed = {key: coerce(value, hints[key], key) for key, value in overrides.items()}
+    check_values(m.cls, parsed, m.name)
+    return parsed
+
+
+def check_values(cls: type[Agent], parsed: Mapping[str, Any], label: str) -> None:
+    """Refuses the first value outside its key's declared valid values (algorithms/values.py)."""
+    bad = values.check(cls.Config, parsed)
+    if bad is not None:
+        key, value, rule = bad
+        shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+        raise RegistryError(f"{label}: {key}={shown} {rule.problem(value)}; {key} takes {rule.describe()}")
 
 
 def non_default_overrides(method: str | Method, config: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from algorithms import values
 from algorithms.base import Agent, AnyGenerator, BaseConfig, Batch, EnvSpec
 from algorithms.critic import EnsembleCritic, chunked_td_target, critic_loss, pessimistic_value
 from algorithms.nets import TanhGaussian
@@ -43,6 +44,13 @@ BC_ACTION_CLIP = 1 - 1e-5  # dataset actions are pulled inside (-1, 1) before at
 
 @dataclass
 class RLPDConfig(BaseConfig):
+    VALID = {
+        "bc_alpha": values.NON_NEGATIVE,
+        "init_temp": values.POSITIVE,  # its log is learned
+        "target_entropy": values.FINITE_OR_NONE,
+        "target_entropy_multiplier": values.FINITE,
+    }
+
     bc_alpha: float = 0.0  # weight of the actor's log-likelihood BC term
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)  # actor and critic
     critic_layer_norm: bool = True

@@ -132,6 +132,7 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
     paper's shapes."""
     from algorithms import registry
     from algorithms.base import EnvSpec
+    from algorithms.compiled import use_compiled_update
 
     method = registry.get(settings.method)
     config = bench_config(method, settings.config, settings.overrides)
@@ -150,7 +151,7 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
     for compiled in compile_modes(settings.compile, device):
         agent = make_agent() if compiled else eager
         if compiled:
-            agent.use_compiled_update()
+            use_compiled_update(agent)
             say("compiling the update (minutes on a few CPU cores the first time, seconds from the cache)")
         steppers[compiled] = TrainingStep(agent, buffer, config.batch_size, stack, settings.seeds, device)
         for _ in range(settings.warmup):

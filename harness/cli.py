@@ -184,7 +184,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_methods(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from algorithms import registry
+    from algorithms import registry, values
 
     listing = []
     for name in registry.names():
@@ -196,6 +196,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
                 "class": f"{method.cls.__module__}.{method.cls.__qualname__}",
                 "description": method.description,
                 "config": {f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+                "valid": values.describe_all(method.cls.Config),
                 "eval_params": dict(method.cls.eval_params),
             }
         )
@@ -206,7 +207,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"{entry['name']}  ({entry['class']})")
         if entry["description"]:
             print(f"  {entry['description']}")
-        print("  config: " + ", ".join(f"{k}={_show(v)}" for k, v in entry["config"].items()))
+        shown = {key: f"{key}={_show(value)}" for key, value in entry["config"].items()}
+        width = max(map(len, shown.values()))
+        for key, text in shown.items():
+            print(f"    {text:<{width}}  {entry['valid'][key]}")
         if entry["eval_params"]:
             print("  eval params: " + ", ".join(f"{k}={_show(v)}" for k, v in entry["eval_params"].items()))
     return 0
@@ -261,9 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run_parser(sub)
     add_evaluate_parser(sub)
-    sub.add_parser("methods", help="list registered methods with their config defaults").add_argument(
-        "--json", action="store_true"
-    )
+    sub.add_parser(
+        "methods", help="list registered methods with their config defaults and valid values"
+    ).add_argument("--json", action="store_true")
     sub.choices["methods"].set_defaults(func=cmd_methods)
     add_datagen_parser(sub)
     demo.add_parser(sub)

@@ -27,6 +27,7 @@ from conftest import TASK, kill_after_checkpoint, run_args
 
 from algorithms import nets, registry
 from algorithms.base import Batch, EnvSpec, slice_agent_state
+from algorithms.compiled import use_compiled_update
 from harness.bench import PAPER_SHAPES
 from harness.cli import main
 from harness.timing import synthetic_buffer
@@ -52,7 +53,7 @@ def tiny_agent(name: str, seed: int | list[int] = 1, **extra):
 def run_both(name: str, backend: str, seed: int | list[int] = 1):
     """An eager and a compiled agent from the same state, updated on the same batches."""
     eager, compiled = tiny_agent(name, seed), tiny_agent(name, seed)
-    compiled.use_compiled_update(backend=backend)
+    use_compiled_update(compiled, backend=backend)
     stack = () if isinstance(seed, int) else (len(seed),)
     buffer = synthetic_buffer(SPEC, device=torch.device("cpu"))
     metrics = []
@@ -130,7 +131,7 @@ def test_inductor_update_equals_the_eager_update():
     resolved = resolve(RunSpec("fql", TASK, 0, suite="smoke", overrides={"flow_steps": "2"}))
     spec = EnvSpec(**PAPER_SHAPES)  # cube-double's
     eager, compiled = (registry.create("fql", spec, resolved.config, seed=0) for _ in range(2))
-    compiled.use_compiled_update()
+    use_compiled_update(compiled)
     batch = synthetic_buffer(spec, device=torch.device("cpu")).sample(resolved.config.batch_size)
     eager_metrics, compiled_metrics = dict(eager.update(batch)), dict(compiled.update(batch))
     assert list(compiled_metrics) == list(eager_metrics)
@@ -146,7 +147,7 @@ def test_inductor_update_equals_the_eager_update():
 def test_compiled_stacked_seeds_equal_compiled_lone_seeds():
     stacked, lone = tiny_agent("fql", [3, 5]), [tiny_agent("fql", 3), tiny_agent("fql", 5)]
     for agent in (stacked, *lone):
-        agent.use_compiled_update(backend="aot_eager")
+        use_compiled_update(agent, backend="aot_eager")
     buffers = [synthetic_buffer(SPEC, device=torch.device("cpu"), seed=seed) for seed in (3, 5)]
     for _ in range(UPDATES):
         batches = [buffer.sample(stacked.config.batch_size) for buffer in buffers]
@@ -163,9 +164,9 @@ def test_a_compiled_update_that_disagrees_with_the_eager_one_falls_back_to_eager
     from algorithms.compiled import CompiledUpdate, CompiledUpdateMismatch
 
     healthy = tiny_agent("fql")
-    healthy.use_compiled_update(backend="aot_eager")
+    use_compiled_update(healthy, backend="aot_eager")
     eager, faulty = tiny_agent("fql"), tiny_agent("fql")
-    faulty.use_compiled_update(backend="aot_eager")
+    use_compiled_update(faulty, backend="aot_eager")
     real_call = CompiledUpdate._call
 
     def miscompiled(self, batch, draws):  # a compiler fault: one gradient 1% off

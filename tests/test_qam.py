@@ -245,7 +245,7 @@ def test_qam_edit_acts_with_the_sampled_edit_of_the_flow_action_in_range():
 
 
 def test_fql_and_edit_together_are_refused():
-    with pytest.raises(ValueError, match="fql_alpha.*edit_scale"):
+    with pytest.raises(registry.RegistryError, match="fql_alpha.*edit_scale"):
         make("qam", fql_alpha=1.0, edit_scale=0.1)
 
 

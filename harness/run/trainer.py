@@ -15,6 +15,7 @@ import torch
 import suites
 from algorithms import registry
 from algorithms.base import Agent, EnvSpec, Metrics, slice_agent_state, stack_agent_states
+from algorithms.compiled import use_compiled_update
 from harness.errors import UserError
 from harness.progress import Progress, progress_bar, say
 from harness.run import records
@@ -127,7 +128,7 @@ class Trainer(OnlinePhase, Checkpoints):
             state=state,
         )
         if self.resolved.compiled:
-            agent.use_compiled_update()
+            use_compiled_update(agent)
         return agent
 
     @property
