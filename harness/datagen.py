@@ -185,13 +185,13 @@ def generate(
 
 def _collect_block(settings: tuple, count: int, seed: int, bar: Any) -> list[dict]:
     """`count` episodes from a fresh environment, numpy's global generator seeded with `seed`."""
+    from harness.run.envs import hide_known_env_warnings
+
+    hide_known_env_warnings()
     import gymnasium
     import ogbench  # noqa: F401  (registers the environments, also in a worker process)
 
-    from harness.run.envs import hide_box_precision_warning
-
     env_name, episode_length, noise, noise_smoothing = settings
-    hide_box_precision_warning()
     # Each episode records episode_length + 1 observations; ogbench's loader turns them into
     # episode_length transitions.
     env = gymnasium.make(

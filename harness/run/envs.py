@@ -24,24 +24,27 @@ import numpy as np
 from harness.errors import UserError
 
 
-def hide_box_precision_warning() -> None:
-    """Hide gymnasium's "Box low's precision lowered by casting to float32" warning (known, harmless)
-    in this process, and only it: ogbench's MuJoCo environments build a float64-bounded Box when
-    made, reset and asked for their action space, so a filter around `make` alone would not do."""
+def hide_known_env_warnings() -> None:
+    """Hide two known, harmless warnings in this process, and only them: gymnasium's "Box low's
+    precision lowered by casting to float32" (ogbench's MuJoCo environments build a float64-bounded
+    Box when made, reset and asked for their action space, so a filter around `make` alone would
+    not do), and glfw's "The DISPLAY environment variable is missing" (MuJoCo's renderer loads glfw
+    when an environment is made; nothing here opens a window)."""
     warnings.filterwarnings(
         "ignore",
         message=r".*Box (low|high)'s precision lowered by casting to float32",
         category=UserWarning,
         module="gymnasium.spaces.box",
     )
+    warnings.filterwarnings("ignore", message=r".*The DISPLAY environment variable is missing", module="glfw")
 
 
 def make_env(task: str, **env_kwargs: Any) -> Any:
     """The task's evaluation environment, made by ogbench."""
+    hide_known_env_warnings()
     import gymnasium
     import ogbench
 
-    hide_box_precision_warning()
     try:
         return ogbench.make_env_and_datasets(task, env_only=True, **env_kwargs)
     except gymnasium.error.Error as error:
