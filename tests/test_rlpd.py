@@ -68,10 +68,15 @@ def test_a_huge_bc_weight_returns_the_dataset_chunk(one_thread):
     mean, _ = agent.distribution(STATE.expand(1, 2))
     mode_error = (torch.tanh(mean).flatten() - DATA_CHUNK.flatten()).abs().max().item()
     assert start > 0.4  # the untrained actor samples wide chunks around about 0
-    # The mode sits on the chunk; the samples keep the spread the entropy target asks for (seeds
-    # 0-5 here: mode within 0.001-0.008, samples 0.017-0.021 off on average; without BC, > 0.2).
-    assert mode_error < 0.02, mode_error
-    assert error < 0.03, error
+    # The mode sits on the chunk; the samples keep the spread the entropy target asks for. With a
+    # constant batch Adam keeps the actor jittering around the chunk, so where it is after 300 steps
+    # depends on rounding. Measured over seeds 0-7 under five CPU paths (default, AVX2-only MKL and
+    # oneDNN, ATEN_CPU_CAPABILITY default and avx2, MKL_CBWR=COMPATIBLE; AMD EPYC): mode error
+    # 0.0005-0.037, sample error 0.008-0.025 (an Intel Xeon gave a mode error of 0.024). Without BC
+    # (the test below, same seeds): mode 0.60-1.01, samples 0.49-0.78. Bounds: about 2.5x the
+    # largest with BC and a fifth of the smallest without.
+    assert mode_error < 0.1, mode_error
+    assert error < 0.06, error
 
 
 def test_without_bc_the_same_data_leaves_the_actor_wide(one_thread):
