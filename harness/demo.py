@@ -2,8 +2,8 @@
 `--quick` every registered method for a few hundred steps (a one-minute check, a table only).
 
 The default demo is the `demo` suite's sweep (suites/demo.py): cube-single play data made here
-with ogbench's oracles (first run only), QAM and FQL with small networks on cube-single task1,
-the runs in parallel worker processes (the local executor of `flowarena sweep`, `--jobs` at a
+with ogbench's oracles (first run only), QAM and FQL with small networks and the compiled update
+(`--compile on` unless told otherwise) on cube-single task1, the runs in parallel worker processes (the local executor of `flowarena sweep`, `--jobs` at a
 time) or, with `--jobs 1`, one after another in this process; every run evaluated every
 `eval_interval` steps. Then the mean success per step goes to OUT/demo/learning_curves.png
 (analysis/plots.py) and a table of each run's final evaluation to the terminal. Runs resume and
@@ -89,7 +89,7 @@ def _demo_plan(args: argparse.Namespace):
         out=args.out,
         dataset_dir=args.dataset_dir,
         device=args.device,
-        compile=args.compile,
+        compile=args.compile or demo.DEMO_COMPILE,
         executor=ExecutorOptions(),
     )
     return make_plan(spec)
@@ -194,7 +194,7 @@ def quick_demo(args: argparse.Namespace) -> int:
             dataset_dir=args.dataset_dir,
             budget=budget,
             device=args.device,
-            compile=args.compile,
+            compile=args.compile or "auto",
         )
         states[method] = run(spec, progress=not args.no_progress)
     print(demo_table(Path(args.out) / "demo-quick"))
@@ -359,6 +359,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "1: one after another in this process)",
     )
     p.add_argument("--device", default="auto")
-    add_compile_flag(p)
+    add_compile_flag(
+        p,
+        default=None,
+        default_text=f"{demo.DEMO_COMPILE}; --quick: auto, which leaves its 300-step runs eager",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

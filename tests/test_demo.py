@@ -38,6 +38,7 @@ def test_demo_writes_a_learning_curve_png(tmp_path, capsys, one_thread):
     data, out = tmp_path / "data", tmp_path / "results"
     args = ["demo", "--methods", "fql", "--steps", "4", "--eval-interval", "2", "--eval-episodes", "1"]
     args += ["--episodes", "2", "--episode-length", "30", "--jobs", "1", "--device", "cpu", "--no-progress"]
+    args += ["--compile", "off"]  # compiling is the default (the next test); 4 steps do not need it
     assert main([*args, "--dataset-dir", str(data), "--out", str(out)]) == 0
     assert (data / "cube-single-play-v0.npz").exists()
     printed = capsys.readouterr().out
@@ -53,6 +54,19 @@ def test_demo_writes_a_learning_curve_png(tmp_path, capsys, one_thread):
     assert capsys.readouterr().out == ""
     harness.demo._say_which_dataset(dataset, wanted=100)
     assert capsys.readouterr().out.startswith(f"using the 62 transitions already in {dataset}")
+
+
+def test_the_demo_compiles_its_updates_unless_told_otherwise_and_quick_stays_eager(tmp_path):
+    from harness.cli import build_parser
+
+    def parsed(*extra: str):
+        return build_parser().parse_args(["demo", "--out", str(tmp_path), *extra])
+
+    plan = harness.demo._demo_plan(parsed())
+    assert plan.spec.compile == "on" and plan.budget.offline_steps == 15000
+    assert plan.budget.eval_interval == 3000 and plan.spec.methods == ["qam", "fql"]
+    assert harness.demo._demo_plan(parsed("--compile", "off")).spec.compile == "off"
+    assert parsed("--quick").compile is None  # quick_demo reads None as auto: 300 steps stay eager
 
 
 def test_datagen_workers_collect_seeded_blocks_of_episodes(tmp_path):
@@ -72,7 +86,9 @@ def test_datagen_workers_print_no_display_warning(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
     argv = ["datagen", "--env", "cube-single-v0", "--episodes", "2", "--episode-length", "5"]
     argv += ["--out", str(tmp_path), "--workers", "2"]
-    done = subprocess.run([sys.executable, "-m", "harness.cli", *argv], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", *argv], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "DISPLAY" not in done.stderr and "precision lowered" not in done.stderr, done.stderr
     assert (tmp_path / "cube-single-play-v0.npz").exists()

@@ -25,14 +25,18 @@ CACHE_DIR_NAME = ".compile_cache"
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
-def add_compile_flag(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
-    """`--compile`; a sweep passes default None, so that its TOML spec's `compile` can apply."""
+def add_compile_flag(
+    parser: argparse.ArgumentParser, default: str | None = "auto", default_text: str | None = None
+) -> None:
+    """`--compile`; a sweep passes default None, so that its TOML spec's `compile` can apply (the demo
+    too, with its own default in `default_text`)."""
+    auto = f"auto, which compiles runs of {AUTO_MIN_UPDATES:,} updates or more on a CPU"
     parser.add_argument(
         "--compile",
         default=default,
         choices=COMPILE_CHOICES,
-        help="run each update as one torch.compile graph: on, off, or auto (default: compile runs of "
-        f"{AUTO_MIN_UPDATES:,} updates or more on a CPU); never part of a run's identity",
+        help="run each update as one torch.compile graph: on, off or auto (default: "
+        f"{default_text or auto}); never part of a run's identity",
     )
 
 
