@@ -3,7 +3,7 @@ and the directory where torch keeps compiled code so that the runs of a sweep co
 
 Compiling never changes a run's numbers beyond float rounding, so the choice is recorded in
 spec.json but is not part of a run's identity. `auto` compiles a run on a CPU when it is long enough
-for the speed-up to repay the compilation (the README's performance section has the
+for the speed-up to repay the compilation (docs/performance.md has the
 measurements); on CUDA it does not compile until the compiled update has been measured on a GPU
 (`--compile on` compiles there too).
 """
@@ -19,7 +19,7 @@ from harness.errors import UserError
 
 COMPILE_CHOICES = ("auto", "on", "off")
 # `auto` compiles runs of at least this many updates: at the measured 1.09-1.64x on one CPU core,
-# after 18-133 s of compiling (README, Performance), much shorter runs would not repay it.
+# after 18-133 s of compiling (docs/performance.md), much shorter runs would not repay it.
 AUTO_MIN_UPDATES = 50_000
 CACHE_DIR_NAME = ".compile_cache"
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
