@@ -18,6 +18,7 @@ from minari_support import ADROIT_ID, ANTMAZE_ID, PEN_REF_SCORES, make_dataset  
 
 import suites  # noqa: E402
 from harness.cli import main  # noqa: E402
+from harness.run.online import online_reward  # noqa: E402
 from harness.run.sources import source_for  # noqa: E402
 from harness.run.sources.base import ACTION_CLIP  # noqa: E402
 from harness.run.sources.minari_source import authors_conventions, dataset_path, open_dataset  # noqa: E402
@@ -65,6 +66,12 @@ def test_adroit_conventions_by_hand():
     np.testing.assert_array_equal(out["terminals"], [0, 1, 1, 0, 1])  # the jump, terminated, the last
     np.testing.assert_array_equal(out["masks"], [1, 1, 0, 1, 1])
     np.testing.assert_array_equal(out["rewards"], [0, 1, 0, 1, 0])
+
+
+def test_antmaze_online_rewards_take_the_same_shift():
+    assert source_for(ANTMAZE).reward_shift(ANTMAZE) == -1.0 and source_for(PEN).reward_shift(PEN) == 0.0
+    assert online_reward(1.0, False, -1.0) == 0.0 and online_reward(0.0, False, -1.0) == -1.0
+    assert online_reward(0.7, False) == pytest.approx(0.7)
 
 
 def test_names_domains_and_sources():
@@ -173,6 +180,20 @@ def test_the_d4rl_suite_has_the_fql_readme_settings():
     assert "class defaults" in suite.methods_notice("qam", ANTMAZE)
 
 
+def test_the_d4rl_reference_rows_name_a_source_and_are_never_like_for_like():
+    import analysis
+    from analysis.records import D4RL_PUBLISHED_FILE
+
+    table = pd.read_csv(Path(analysis.__file__).parent / "data" / D4RL_PUBLISHED_FILE)
+    tasks = {t.task for t in suites.get_suite("d4rl").tasks}
+    assert set(table["task"]) <= tasks and table["source"].str.startswith("https://").all()
+    assert (table["like_for_like"] == "no").all()
+    rows = analysis.load_published(["fql"], d4rl=True)
+    pen = rows[rows["task"] == PEN]
+    assert pen["success"].tolist() == [0.53] and pen["variant"].tolist() == ["fql (published)"]
+    assert (analysis.load_published()["reference"] == "qam-paper").all()  # the QAM paper's alone by default
+
+
 def test_sweep_dry_run_plans_the_18_tasks(tmp_path, capsys):
     argv = ["sweep", "--name", "d", "--suite", "d4rl", "--methods", "fql", "--seeds", "1"]
     assert main([*argv, "--out", str(tmp_path / "out"), "--dry-run"]) == 0
@@ -185,19 +206,25 @@ def test_a_run_per_family_through_collect_leaderboard_and_report(store, tmp_path
     out = tmp_path / "results"
     argv = ["run", "--method", "fql", "--task", task, "--suite", "d4rl", "--seed", "0", "--sweep", "s"]
     argv += ["--out", str(out), "--offline-steps", "20", "--eval-interval", "10", "--eval-episodes", "2"]
-    argv += ["--log-interval", "10", "--set", "hidden_dims=32,32", "--set", "batch_size=16", "--no-progress"]
+    argv += ["--online-steps", "10", "--online-warmup-steps", "5", "--log-interval", "10"]
+    argv += ["--set", "hidden_dims=32,32", "--set", "batch_size=16", "--no-progress"]
     assert main(argv) == 0
     sweep = out / "s"
     evals = pd.read_parquet(next(sweep.glob("*/*/seed0/evals.parquet")))
-    assert evals["step"].tolist() == [10, 20] and (evals["episode_length"] == 8).all()
+    assert evals["step"].tolist() == [10, 20, 30] and evals["phase"].tolist() == ["offline"] * 2 + ["online"]
+    assert (evals["episode_length"] == 8).all()  # the recorded evaluation spec's episodes
     if task == ANTMAZE:
         assert set(evals["success"]) <= {0.0, 1.0}
     else:  # success is the normalized return of the environment's own return
         low, high = PEN_REF_SCORES
         np.testing.assert_allclose(evals["success"], (evals["return"] - low) / (high - low), rtol=1e-9)
     assert main(["collect", str(sweep)]) == 0
-    assert main(["leaderboard", str(sweep), "--reps", "20", "--no-progress"]) == 0
-    assert d4rl.domain(task) in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["leaderboard", str(sweep), "--published", "--reps", "20", "--no-progress"]) == 0
+    board = capsys.readouterr().out
+    assert d4rl.domain(task) in board
+    if task == ADROIT_ID:  # the FQL paper's pen-human cell beside our run, with the comparability note
+        assert "fql (published)" in board and "53.0" in board and "NOT like for like" in board
     assert (
         main(["report", str(sweep), "--out", str(tmp_path / "report"), "--reps", "20", "--no-progress"]) == 0
     )

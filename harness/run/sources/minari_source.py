@@ -25,6 +25,8 @@ Datasets are read from Minari's store: `MINARI_DATASETS_PATH`, else ~/.minari/da
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -49,7 +51,8 @@ def store_root() -> Path:
 
 def _require_packages() -> None:
     try:
-        with warnings.catch_warnings():  # its import warns about Adroit's Dense-v1 rewards, unused here
+        # its import prints a notice on stderr about Adroit's reward change in 1.2.1 (docs/d4rl.md)
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             import gymnasium_robotics  # noqa: F401
         import minari  # noqa: F401
