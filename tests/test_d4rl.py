@@ -194,6 +194,22 @@ def test_the_d4rl_reference_rows_name_a_source_and_are_never_like_for_like():
     assert (analysis.load_published()["reference"] == "qam-paper").all()  # the QAM paper's alone by default
 
 
+def test_a_toml_suite_sets_the_readme_online_alpha(tmp_path):
+    path = tmp_path / "d4rl-online.toml"
+    path.write_text(
+        'name = "d4rl-online"\nbase = "d4rl"\ntasks = ["D4RL/pen/cloned-v2", "D4RL/antmaze/umaze-v1"]\n'
+        "[budgets]\nonline_steps = 1000000\n[methods.fql.pen-cloned]\nalpha = 1000.0\n"
+    )
+    suite = suites.get_suite(str(path))
+    assert suite.task_names == ["D4RL-pen-cloned-v2", ANTMAZE] and suite.budgets["online_steps"] == 1_000_000
+    assert suite.method_overrides("fql", "D4RL/pen/cloned-v2") == {
+        "rho": 1.0,
+        "alpha": 1000.0,
+        "num_critics": 2,
+    }
+    assert suite.task(ANTMAZE).dataset == ANTMAZE_ID
+
+
 def test_sweep_dry_run_plans_the_18_tasks(tmp_path, capsys):
     argv = ["sweep", "--name", "d", "--suite", "d4rl", "--methods", "fql", "--seeds", "1"]
     assert main([*argv, "--out", str(tmp_path / "out"), "--dry-run"]) == 0

@@ -196,10 +196,10 @@ class MinariSource:
         return d4rl.is_d4rl(task)
 
     def make_env(self, task: str, **env_kwargs: Any) -> D4RLEnv:
+        dataset = open_dataset(dataset_path(task))  # imports gymnasium_robotics quietly first
         import gymnasium
         import gymnasium_robotics
 
-        dataset = open_dataset(dataset_path(task))
         if dataset.env_spec is None:
             raise DataError(f"Minari dataset {dataset.id} records no environment spec to evaluate in")
         gymnasium.register_envs(gymnasium_robotics)
