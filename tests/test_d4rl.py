@@ -19,7 +19,7 @@ from minari_support import ADROIT_ID, ANTMAZE_ID, PEN_REF_SCORES, make_dataset  
 import suites  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.run.online import online_reward  # noqa: E402
-from harness.run.sources import source_for  # noqa: E402
+from harness.run.sources import source_for, sources  # noqa: E402
 from harness.run.sources.base import ACTION_CLIP  # noqa: E402
 from harness.run.sources.minari_source import authors_conventions, dataset_path, open_dataset  # noqa: E402
 from suites import d4rl  # noqa: E402
@@ -81,6 +81,7 @@ def test_names_domains_and_sources():
     assert source_for("D4RL/antmaze/umaze-v1").name == "minari"
     assert source_for("cube-double-play-singletask-task1-v0").name == "ogbench"
     assert source_for("D4RL/antmaze/giant-v1").name == "ogbench"  # no such D4RL dataset
+    assert [s.name for s in sources()] == ["minari", "ogbench"]  # every *_source module, OGBench last
 
 
 @pytest.mark.parametrize("dataset_id", [ANTMAZE_ID, ADROIT_ID])
