@@ -1,4 +1,5 @@
-# `make demo` and `make test` set up .venv on first use (torch 2.13.0 CPU first, then the package).
+# `make demo` and `make test` set up .venv on first use (torch 2.13.0 CPU first, then the package
+# with its test and d4rl extras).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,d4rl]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -17,6 +17,18 @@ PHASES = ("offline", "online")
 PUBLISHED = "published"
 PUBLISHED_SUFFIX = " (published)"
 PUBLISHED_FILE = "qam_paper_results.parquet"
+# The FQL paper's D4RL table, one row per (method, task): mean and spread in normalized score
+# (0-100), with the source of each number (docs/d4rl.md). Only the cells we could check are there.
+D4RL_PUBLISHED_FILE = "fql_paper_d4rl.csv"
+QAM_REFERENCE, D4RL_REFERENCE = "qam-paper", "fql-paper-d4rl"
+REFERENCE_NOTES = {
+    QAM_REFERENCE: "(published): the QAM paper's released results (12 seed indices per task), shown as "
+    "separate columns and never pooled with the sweep's runs",
+    D4RL_REFERENCE: "(published) on D4RL tasks: the FQL paper's D4RL table, its mean as one value per task "
+    f"(analysis/data/{D4RL_PUBLISHED_FILE} names each number's source); NOT like for like: it was measured "
+    "on D4RL's own files (AntMaze v2, Adroit v1), while Minari's AntMaze data was collected anew and its "
+    "Adroit data re-simulated in gymnasium-robotics (docs/d4rl.md)",
+}
 # The QAM paper's method names -> flowarena registry names; the others are kept, lowercased.
 PUBLISHED_NAMES = {"QAM": "qam", "QAM-E": "qam-edit", "QAM-F": "qam-fql", "FQL": "fql", "FBRAC": "fbrac"}
 # The paper's domain order (rows of its table); domains it does not know come after, sorted.
@@ -99,8 +111,11 @@ def load(sweep_dir: str | Path, *, published: bool = False) -> pd.DataFrame:
     return records
 
 
-def load_published(methods: list[str] | None = None, tasks: list[str] | None = None) -> pd.DataFrame:
-    """The QAM paper's released success rates in the records schema, labelled as published.
+def load_published(
+    methods: list[str] | None = None, tasks: list[str] | None = None, *, d4rl: bool = False
+) -> pd.DataFrame:
+    """The QAM paper's released success rates in the records schema, labelled as published (with
+    `d4rl`, also the FQL paper's D4RL table: `load_d4rl_reference`). Column `reference` says which.
 
     `method` is the registry name (QAM -> qam, QAM-E -> qam-edit, QAM-F -> qam-fql, FQL -> fql,
     FBRAC -> fbrac, others lowercased), `variant` is `<method> (published)`, `source` is
@@ -108,6 +123,9 @@ def load_published(methods: list[str] | None = None, tasks: list[str] | None = N
     (registry or paper names) and `tasks` restrict the rows.
     """
     raw = pd.read_parquet(resources.files("analysis").joinpath("data", PUBLISHED_FILE))
+    raw = raw.assign(reference=QAM_REFERENCE)
+    if d4rl:
+        raw = pd.concat([raw, load_d4rl_reference()], ignore_index=True)
     method = raw["method"].map(lambda name: PUBLISHED_NAMES.get(name, name.lower()))
     rows = raw.assign(method=method, variant=method + PUBLISHED_SUFFIX, sweep=PUBLISHED, eval_params="")
     if methods is not None:
@@ -129,6 +147,24 @@ def load_published(methods: list[str] | None = None, tasks: list[str] | None = N
         runs=RunTable(),
     )
     return published
+
+
+def load_d4rl_reference() -> pd.DataFrame:
+    """D4RL_PUBLISHED_FILE as raw published rows: each task's mean as one row (seed 0) at its step,
+    success = mean / 100 (the records' success x 100 is D4RL's normalized score)."""
+    table = pd.read_csv(resources.files("analysis").joinpath("data", D4RL_PUBLISHED_FILE))
+    return pd.DataFrame(
+        {
+            "method": table["method"].astype(str),
+            "task": table["task"].astype(str),
+            "domain": table["domain"].astype(str),
+            "seed": 0,
+            "phase": "offline",
+            "step": table["step"].astype(np.int64),
+            "success": table["mean"].astype(float) / 100.0,
+            "reference": D4RL_REFERENCE,
+        }
+    )
 
 
 def load_source(spec: str | Path, *, published: bool = False) -> pd.DataFrame:
@@ -225,7 +261,7 @@ def _check_unique(records: pd.DataFrame) -> None:
 
 
 def _with_published(records: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    reference = load_published()
+    reference = load_published(d4rl=True)
     methods = set(records["method"]) | set(runs["method"])
     tasks = set(records["task"]) | set(runs["task"])
     chosen = reference[reference["method"].isin(methods) & reference["task"].isin(tasks)]

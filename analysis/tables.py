@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.records import PUBLISHED
+from analysis.records import PUBLISHED, QAM_REFERENCE, REFERENCE_NOTES
 from analysis.scores import ALL_TASKS, BEST_PER_DOMAIN, check_choice, parse_param_rule
 from analysis.stats import LOWER_IS_BETTER, METRIC_LABELS, aggregate
 
@@ -104,12 +104,16 @@ def _notes(records, table, board, metric: str, phase: str, selection: str) -> li
     notes = [_ci_note(settings, metric), _step_note(board), _coverage_note(table.attrs["coverage"])]
     notes += _param_notes(records, table.attrs["param_choice"], phase, selection)
     if (board["source"] == PUBLISHED).any():
-        notes.append(
-            "(published): the QAM paper's released results (12 seed indices per task), shown as separate "
-            "columns and never pooled with the sweep's runs"
-        )
+        notes += _reference_notes(records)
     notes.append(_missing_note(board, table.attrs["missing"]))
     return notes + list(table.attrs["notes"])
+
+
+def _reference_notes(records: pd.DataFrame) -> list[str]:
+    """The note of each published reference the records hold (QAM's when they do not say)."""
+    published = records[records["source"] == PUBLISHED]
+    names = published["reference"].dropna().unique() if "reference" in published else []
+    return [REFERENCE_NOTES[name] for name in sorted(names)] or [REFERENCE_NOTES[QAM_REFERENCE]]
 
 
 def _ci_note(settings: dict, metric: str) -> str:

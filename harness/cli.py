@@ -46,8 +46,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suite = suites.get_suite(args.suite)
     notice = suite.settings_for(args.task)[1]  # a task outside the suite: which settings it runs with
-    if notice:
-        print(notice, file=sys.stderr)
+    for line in (notice, suite.methods_notice(args.method, args.task)):
+        if line:
+            print(line, file=sys.stderr)
     if args.eval_workers is not None and args.eval_workers < 0:
         raise UserError(f"--eval-workers must be an integer >= 0, got {args.eval_workers}")
     loggers = parse_loggers(args.logger)

@@ -185,7 +185,7 @@ def generate(
 
 def _collect_block(settings: tuple, count: int, seed: int, bar: Any) -> list[dict]:
     """`count` episodes from a fresh environment, numpy's global generator seeded with `seed`."""
-    from harness.run.envs import hide_known_env_warnings
+    from harness.run.sources.base import hide_known_env_warnings
 
     hide_known_env_warnings()
     import gymnasium

@@ -6,6 +6,7 @@ Pure data: importing `suites` never imports torch, so the analysis side and the 
     get_suite("ogbench-qgf")      the QGF paper's protocol (suites/ogbench.py)
     get_suite("smoke")            3 tasks, tiny budgets and networks (suites/smoke.py)
     get_suite("demo")             cube-single task1, small networks: `flowarena demo` (suites/demo.py)
+    get_suite("d4rl")             the FQL paper's 18 D4RL tasks through Minari (suites/d4rl.py)
     get_suite("path/to/my.toml")  a user suite (see `load_toml`); suites/<name>.toml files are named suites
 
 The harness builds a run's config from `suite.config_overrides` (every method), then
@@ -14,9 +15,10 @@ keeping only the keys that the method's Config has. `suite.method_eval_params(me
 evaluation-time settings a run of the method evaluates unless the user gives its own `--eval-param`
 (every suite: QGF's guidance weights QGF_GUIDANCE_WEIGHTS, DEFAULT_EVAL_PARAMS).
 
-`suite.settings_for(task)` also answers for an OGBench task the suite does not list: its domain's
-settings when the suite has that domain, else the shared protocol's defaults (suites/defaults.py),
-with a one-line notice saying which.
+`suite.settings_for(task)` also answers for an OGBench or D4RL task the suite does not list: its
+domain's settings when the suite has that domain, else the defaults (suites/defaults.py for OGBench,
+suites/d4rl.py for D4RL), with a one-line notice saying which. A D4RL task may be named by its
+Minari id (`D4RL/antmaze/umaze-v1`); its settings carry the harness's name (`D4RL-antmaze-umaze-v1`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ _BUILTIN = {
     "ogbench-qgf": ("suites.ogbench", "ogbench_qgf_suite"),
     "smoke": ("suites.smoke", "smoke_suite"),
     "demo": ("suites.demo", "demo_suite"),
+    "d4rl": ("suites.d4rl", "d4rl_suite"),
 }
 _HERE = Path(__file__).resolve().parent
 _TASK_RE = re.compile(r"^(?P<domain>.+?)-singletask(?:-task\d+)?-v\d+$")
@@ -81,7 +84,12 @@ class SuiteError(Exception):
 
 
 def domain_of(task: str) -> str:
-    """`cube-double-play-singletask-task1-v0` -> `cube-double-play` (also for `-singletask-v0`)."""
+    """`cube-double-play-singletask-task1-v0` -> `cube-double-play` (also for `-singletask-v0`);
+    a D4RL task's domain as suites/d4rl.py names it (`D4RL/pen/human-v2` -> `pen-human`)."""
+    from suites import d4rl
+
+    if d4rl.is_d4rl(task):
+        return d4rl.domain(task)
     match = _TASK_RE.match(task)
     if match is None:
         raise SuiteError(
@@ -169,6 +177,9 @@ class Suite:
     methods: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # domain -> method -> values
     domains: dict[str, dict[str, Any]] = field(default_factory=dict)  # domain -> settings (DOMAIN_KEYS)
     seeds: int = 12  # default number of seeds per task
+    # one line `flowarena run` prints for a method this suite gives no per-domain values
+    # (e.g. "other methods run with their class defaults"); empty: none
+    methods_note: str = ""
     # method -> eval-time parameter -> values evaluated by default (DEFAULT_EVAL_PARAMS)
     eval_params: dict[str, dict[str, tuple[float, ...]]] = field(
         default_factory=lambda: {m: dict(v) for m, v in DEFAULT_EVAL_PARAMS.items()}
@@ -200,10 +211,14 @@ class Suite:
         """A task's settings and a notice saying where they came from (None for a task this suite
         lists): an unlisted OGBench task takes its domain's settings in this suite, else the
         defaults of suites/defaults.py. Any other name is a SuiteError naming the closest task."""
-        from suites import defaults
+        from suites import d4rl, defaults
 
+        if d4rl.is_d4rl(name):
+            name = d4rl.task_name(name)
         if name in self.task_names:
             return self.task(name), None
+        if d4rl.is_d4rl(name):
+            return self._d4rl_settings(name)
         domain = defaults.ogbench_domain(name)
         if domain is None:
             known = [*self.task_names, *defaults.known_tasks()]
@@ -223,6 +238,27 @@ class Suite:
             )
         notice = f"note: {name} is not in suite {self.name!r}; running it with {source}"
         return settings, f"{notice}; see `flowarena suites --defaults`"
+
+    def _d4rl_settings(self, name: str) -> tuple[TaskSettings, str]:
+        """An unlisted D4RL task: its domain's settings in this suite, else D4RL's defaults."""
+        from suites import d4rl
+
+        domain = d4rl.domain(name)
+        if domain in self.domains:
+            settings = TaskSettings(task=name, domain=domain, **self.domains[domain])
+            source = f"the settings of its domain {domain} in this suite ({describe(settings)})"
+        else:
+            settings = d4rl.settings(name)
+            source = f"the D4RL defaults ({describe(settings)}) and each method's default hyperparameters"
+        notice = f"note: {name} is not in suite {self.name!r}; running it with {source}"
+        return settings, f"{notice}; `flowarena suites d4rl` lists the D4RL suite"
+
+    def methods_notice(self, method: str, task: str) -> str | None:
+        """The suite's `methods_note` when it gives `method` no values on `task`'s domain."""
+        settings = self.settings_for(task)[0]
+        if not self.methods_note or self.methods.get(settings.domain, {}).get(normalize_method(method)):
+            return None
+        return f"note: suite {self.name!r} has no {normalize_method(method)} values for {settings.task}: {self.methods_note}"
 
     def method_overrides(self, method: str, task: str) -> dict[str, Any]:
         """Per-domain hyperparameters of a registry method on a task ({} if none); a task outside
@@ -251,6 +287,7 @@ class Suite:
             "tasks": [dataclasses.asdict(t) for t in self.tasks],
             "methods": {d: {m: dict(v) for m, v in ms.items()} for d, ms in self.methods.items()},
             "eval_params": {m: {k: list(v) for k, v in keys.items()} for m, keys in self.eval_params.items()},
+            **({"methods_note": self.methods_note} if self.methods_note else {}),
         }
 
 

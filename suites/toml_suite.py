@@ -39,6 +39,7 @@ from suites import (
     Suite,
     SuiteError,
     TaskSettings,
+    d4rl,
     domain_of,
     get_suite,
     normalize_method,
@@ -169,8 +170,14 @@ def _task(entry: Any, base: Suite | None) -> TaskSettings:
             raise SuiteError(f"a task table needs task = '<name>', got {entry!r}")
     else:
         raise SuiteError(f"expected a task name or a table, got {entry!r}")
+    if d4rl.is_d4rl(name):
+        name = d4rl.task_name(name)  # a Minari id names a directory without its slashes
     domain = domain_of(name)
-    settings = {"dataset": f"{domain}-v0", **(base.domains.get(domain, {}) if base else {}), **given}
+    settings = {
+        "dataset": d4rl.minari_id(name) if d4rl.is_d4rl(name) else f"{domain}-v0",
+        **(base.domains.get(domain, {}) if base else {}),
+        **given,
+    }
     missing = [k for k in REQUIRED_DOMAIN_KEYS if k not in settings]
     if missing:
         source = f"base suite {base.name!r}" if base else "this file (it has no base)"

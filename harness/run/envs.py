@@ -14,41 +14,19 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import multiprocessing.connection
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from harness.errors import UserError
-
-
-def hide_known_env_warnings() -> None:
-    """Hide two known, harmless warnings in this process, and only them: gymnasium's "Box low's
-    precision lowered by casting to float32" (ogbench's MuJoCo environments build a float64-bounded
-    Box when made, reset and asked for their action space, so a filter around `make` alone would
-    not do), and glfw's "The DISPLAY environment variable is missing" (MuJoCo's renderer loads glfw
-    when an environment is made; nothing here opens a window)."""
-    warnings.filterwarnings(
-        "ignore",
-        message=r".*Box (low|high)'s precision lowered by casting to float32",
-        category=UserWarning,
-        module="gymnasium.spaces.box",
-    )
-    warnings.filterwarnings("ignore", message=r".*The DISPLAY environment variable is missing", module="glfw")
+from harness.run.sources import source_for
 
 
 def make_env(task: str, **env_kwargs: Any) -> Any:
-    """The task's evaluation environment, made by ogbench."""
-    hide_known_env_warnings()
-    import gymnasium
-    import ogbench
-
-    try:
-        return ogbench.make_env_and_datasets(task, env_only=True, **env_kwargs)
-    except gymnasium.error.Error as error:
-        raise UserError(f"ogbench has no environment for task {task!r} ({error})") from None
+    """The task's evaluation environment, made by its source (harness/run/sources/); `env_kwargs`
+    go to the environment (e.g. max_episode_steps)."""
+    return source_for(task).make_env(task, **env_kwargs)
 
 
 @dataclass

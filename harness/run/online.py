@@ -37,11 +37,12 @@ RESET_KEY = 3  # evaluation uses 1 (acting noise) and 2 (episode seeds) in its s
 EXPLORATION_KEY = 4
 
 
-def online_reward(reward: float, sparse: bool) -> float:
-    """The reward stored for one environment step: the dataset's sparse rule on sparse tasks."""
+def online_reward(reward: float, sparse: bool, shift: float = 0.0) -> float:
+    """The reward stored for one environment step: the dataset's sparse rule on sparse tasks, plus
+    the task source's shift (D4RL AntMaze: -1, as its dataset's rewards)."""
     if sparse:
         return -1.0 if reward != 0 else 0.0
-    return float(reward)
+    return float(reward) + shift
 
 
 def reset_seed(run_seed: int, episode: int) -> int:
@@ -62,9 +63,10 @@ class Explorer:
         sparse: bool,
         eval_params: Mapping[str, float] | None = None,
         random_steps: int = 0,
+        reward_shift: float = 0.0,
     ) -> None:
         self.env, self.agent, self.buffer = env, agent, buffer
-        self.seed, self.sparse = seed, sparse
+        self.seed, self.sparse, self.reward_shift = seed, sparse, reward_shift
         # online steps before this one act uniformly at random, one action at a time (balanced
         # sampling's warm-up, harness/run/balanced.py); the agent acts from this step on
         self.random_steps = random_steps
@@ -116,7 +118,7 @@ class Explorer:
         self.buffer.add(
             observations=self.observation,
             actions=action,
-            rewards=online_reward(reward, self.sparse),
+            rewards=online_reward(reward, self.sparse, self.reward_shift),
             masks=1.0 - float(terminated),
             terminals=float(terminated or truncated),
             next_observations=next_observation,

@@ -80,6 +80,7 @@ class OnlinePhase:
                 sparse=self.resolved.task.sparse,
                 eval_params=eval_params,
                 random_steps=self.budget.online_warmup_steps if self.budget.balanced_sampling else 0,
+                reward_shift=self.data.source.reward_shift(self.resolved.task.task),
             )
             if member.online_state is None:
                 explorer.start()

@@ -58,6 +58,7 @@ EVAL_DTYPES = {
     "wall_time_s": "float64",
 }
 PACKAGES = ("torch", "numpy", "ogbench", "gymnasium", "mujoco", "pandas", "pyarrow", "submitit")
+PACKAGES += ("minari", "gymnasium-robotics")  # D4RL's (optional: recorded where installed)
 
 
 def run_dir_path(out: str | Path, sweep: str, variant: str, task: str, seed: int) -> Path:

@@ -1,4 +1,5 @@
-"""A task's offline dataset as the trainer sees it (`OfflineData`): one file, or the shards of a
+"""A task's offline dataset as the trainer sees it (`OfflineData`, read through the task's source,
+harness/run/sources/): one file, or the shards of a
 100M dataset, the next shard every SHARD_ROTATION_STEPS updates in both phases, and the swap of
 a replay buffer's dataset part for the next shard in the online phase (`swap_offline`), which
 keeps the online transitions.
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.run.data import ReplayBuffer, dataset_files, load_transitions
+from harness.run.data import ReplayBuffer
+from harness.run.sources import source_for
 
 SHARD_ROTATION_STEPS = 1000  # R: the QAM reference's dataset_replace_interval
 
@@ -36,7 +38,8 @@ class OfflineData:
         rotation_steps: int | None = None,
     ) -> None:
         self.task, self.env, self.sparse = task, env, sparse
-        self.files = dataset_files(task, dataset_dir, shard_dir)
+        self.source = source_for(task)
+        self.files = self.source.locate(task, dataset_dir, shard_dir)
         self.sharded = shard_dir is not None
         self.rotation_steps = rotation_steps or SHARD_ROTATION_STEPS
         self.current = -1
@@ -53,7 +56,7 @@ class OfflineData:
 
     def load(self, index: int = 0) -> dict[str, np.ndarray]:
         self.current = index
-        return load_transitions(self.files[index], self.task, self.env, sparse=self.sparse)
+        return self.source.load(self.files[index], self.task, self.env, sparse=self.sparse)
 
 
 def swap_offline(buffer: ReplayBuffer, data: Mapping[str, np.ndarray]) -> int:
