@@ -18,12 +18,15 @@ import torch
 
 from harness.cli import main
 from harness.datagen import generate
+from harness.run.compile import cpu_path_key
 
 TASK = "cube-double-play-singletask-task1-v0"
 # One compiled-code cache for every test and the runs they start (tests/test_compiled.py): a graph
 # that one process compiled, the next ones load.
+# A cache per CPU code path: `make test-numerics` runs under another one (harness/run/compile.py).
 os.environ.setdefault(
-    "TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "flowarena-tests-compile-cache")
+    "TORCHINDUCTOR_CACHE_DIR",
+    str(Path(tempfile.gettempdir()) / "flowarena-tests-compile-cache" / cpu_path_key()),
 )
 
 

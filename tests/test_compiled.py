@@ -270,3 +270,22 @@ def test_sweeps_pass_compile_to_their_runs_and_refuse_a_bad_value(tmp_path, caps
     spec_file.write_text(spec_file.read_text().replace('"off"', '"sometimes"'))
     assert main(["sweep", str(spec_file), "--dry-run"]) == 2
     assert "compile must be one of auto, on, off" in capsys.readouterr().err
+
+
+def test_each_cpu_code_path_gets_its_own_compile_cache(monkeypatch, tmp_path):
+    """Inductor reuses generated C++ across ATEN_CPU_CAPABILITY settings, and vectorised code then
+    fails to compile under `default`: a sweep's cache is split by the CPU-path variables."""
+    from harness.run.compile import CACHE_ENV, CPU_PATH_VARIABLES, cpu_path_key, use_cache_dir
+
+    for name in CPU_PATH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    assert cpu_path_key() == ""
+    assert use_cache_dir(tmp_path / "a") == tmp_path / "a"
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    assert cpu_path_key() == "ATEN_CPU_CAPABILITY-default_MKL_CBWR-COMPATIBLE"
+    assert use_cache_dir(tmp_path / "a") == tmp_path / "a" / "ATEN_CPU_CAPABILITY-default_MKL_CBWR-COMPATIBLE"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))  # the user's own setting wins
+    assert use_cache_dir(tmp_path / "a") == tmp_path / "mine"

@@ -64,10 +64,23 @@ def device_type(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
+# Settings that change which CPU code torch runs. Inductor's cache does not key its generated C++
+# on ATEN_CPU_CAPABILITY: code generated vectorised and reused under `default` fails to compile
+# ("'at::vec' has not been declared"; met with torch 2.13), so each setting gets its own cache.
+CPU_PATH_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_path_key() -> str:
+    """A directory name for the CPU code path the environment selects ('' for the default one)."""
+    chosen = [f"{name}-{os.environ[name]}" for name in CPU_PATH_VARIABLES if os.environ.get(name)]
+    return "_".join("".join(c if c.isalnum() or c in "-_" else "-" for c in part) for part in chosen)
+
+
 def use_cache_dir(directory: Path | str) -> Path:
-    """Point torch's compiled-code cache at `directory` (a sweep's runs share their sweep's), unless
-    the user set TORCHINDUCTOR_CACHE_DIR; returns the directory in use."""
-    os.environ.setdefault(CACHE_ENV, str(directory))
+    """Point torch's compiled-code cache at `directory` (a sweep's runs share their sweep's; a
+    subdirectory per non-default CPU code path), unless the user set TORCHINDUCTOR_CACHE_DIR;
+    returns the directory in use."""
+    os.environ.setdefault(CACHE_ENV, str(Path(directory) / cpu_path_key()))
     return Path(os.environ[CACHE_ENV])
 
 
