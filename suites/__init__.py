@@ -6,6 +6,7 @@ Pure data: importing `suites` never imports torch, so the analysis side and the 
     get_suite("ogbench-qgf")      the QGF paper's protocol (suites/ogbench.py)
     get_suite("smoke")            3 tasks, tiny budgets and networks (suites/smoke.py)
     get_suite("demo")             cube-single task1, small networks: `flowarena demo` (suites/demo.py)
+    get_suite("ogbench-quality")  the QAM paper's data-quality study: noisy/stitch data (suites/ogbench.py)
     get_suite("path/to/my.toml")  a user suite (see `load_toml`); suites/<name>.toml files are named suites
 
 The harness builds a run's config from `suite.config_overrides` (every method), then
@@ -71,6 +72,7 @@ _BUILTIN = {
     "ogbench-qgf": ("suites.ogbench", "ogbench_qgf_suite"),
     "smoke": ("suites.smoke", "smoke_suite"),
     "demo": ("suites.demo", "demo_suite"),
+    "ogbench-quality": ("suites.ogbench", "ogbench_quality_suite"),
 }
 _HERE = Path(__file__).resolve().parent
 _TASK_RE = re.compile(r"^(?P<domain>.+?)-singletask(?:-task\d+)?-v\d+$")
