@@ -50,7 +50,7 @@ def study_sections(records: pd.DataFrame, out: Path, settings) -> list[str]:
         sections.append(
             f"### Data quality\n\n![Data quality]({QUALITY_FIGURE})\n\nSuccess (%) at the final offline "
             "step on each noisy or stitch domain (solid), beside the same method's published success on "
-            "the play or navigate domain it stands in for (hatched: the QAM paper's main released "
+            "the same tasks of the play or navigate domain it stands in for (hatched: the QAM paper's main released "
             "results), mean over tasks and seeds with bootstrap CIs. Values: data_quality.csv."
         )
     knobs = sensitivity_table(records, **settings.bootstrap())
@@ -74,16 +74,18 @@ def _aggregate(rows: pd.DataFrame, by: str, reps: int, ci: float, seed: int, pro
 
 def quality_table(records: pd.DataFrame, **bootstrap) -> pd.DataFrame:
     """One row per (noisy/stitch domain, variant, data): `data` is `noisy`/`stitch` for the variant's
-    own value there, `play`/`navigate` for its method's published value on the main domain."""
+    own value there, `play`/`navigate` for its method's published value on the same tasks of the
+    main domain (task k of cube-double-noisy: task k of cube-double-play, the same goal)."""
     studied = records[records["domain"].map(main_domain).notna()]
     plain = studied[studied["variant"].str.removesuffix(PUBLISHED_SUFFIX) == studied["method"]]
     if plain.empty:
         return pd.DataFrame()
     mains = {d: main_domain(d) for d in plain["domain"].unique()}
+    same_tasks = {
+        task.replace(domain, mains[domain], 1) for task, domain in zip(plain["task"], plain["domain"])
+    }
     reference = load_published(study="main")
-    reference = reference[
-        reference["method"].isin(set(plain["method"])) & reference["domain"].isin(set(mains.values()))
-    ]
+    reference = reference[reference["method"].isin(set(plain["method"])) & reference["task"].isin(same_tasks)]
     own = _aggregate(plain, "domain", **bootstrap)
     theirs = _aggregate(reference, "domain", **bootstrap) if not reference.empty else own.iloc[:0]
     methods = plain.drop_duplicates("variant").set_index("variant")["method"]
