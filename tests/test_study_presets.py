@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import sweep_support  # noqa: F401  (imports submitit early; see there)
 
+import suites
 from harness.cli import build_parser, main
 from harness.run.spec import resolve
 from harness.sweep.cli import spec_from_args
@@ -137,3 +138,12 @@ def test_a_presets_variants_leave_no_room_for_the_same_key_in_a_grid(tmp_path, c
     argv = ["sweep", "--preset", "qam-sensitivity", "--grid", "flow_steps=5,6", "--out", str(tmp_path)]
     assert main([*argv, "--dry-run"]) == 2
     assert "preset qam-sensitivity varies flow_steps itself" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("preset", "variants"), [("qam-quality", 9), ("qam-sensitivity", 10)])
+def test_on_the_smoke_suite_a_preset_keeps_its_variants_on_the_suites_tasks(tmp_path, preset, variants):
+    flags = ("--suite", "smoke", "--seeds", "1", "--online-steps", "10", "--online-warmup-steps", "5")
+    plan = plan_of("--preset", preset, *flags, "--out", str(tmp_path))
+    assert len({r.variant for r in plan.runs}) == variants and len(plan.runs) == variants * 3
+    assert {r.task for r in plan.runs} == set(suites.get_suite("smoke").task_names)
+    assert (plan.budget.offline_steps, plan.budget.online_steps) == (200, 10)
