@@ -320,3 +320,9 @@ def test_clip_grad_on_is_the_global_norm_clip_and_off_skips_it_only(method):
         torch.testing.assert_close(p, params[name], rtol=1e-5, atol=1e-6)
     moved = [n for n, p in unclipped.named_parameters() if not torch.allclose(p, params[n], atol=1e-6)]
     assert any(n.startswith("critic") for n in moved)  # the unclipped steps are larger
+
+
+def test_bam_built_on_qam_always_clips():
+    agent = make("bam")
+    assert agent.max_grad_norm == 1.0 and "clip_grad" not in registry.config_fields("bam")
+    assert agent.update(random_batch())["grad_norm"] > 0
