@@ -56,9 +56,10 @@ class BAMConfig(BaseConfig):
     max_grad_norm: float = 1.0  # global over every network (per seed)
     flow_steps: int = 10
     batch_size: int = 256
-    # QAM's variant switches, always off: class attributes that QAM reads, not config keys.
+    # QAM's switches, fixed: class attributes that QAM reads, not config keys.
     fql_alpha: ClassVar[float] = 0.0
     edit_scale: ClassVar[float] = 0.0
+    clip_grad: ClassVar[bool] = True  # always clipped: the reference's BAM has no switch
 
 
 def basic_adjoint_objective(

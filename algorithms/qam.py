@@ -11,7 +11,8 @@ with N flow steps, h = 1 / N, t_k = k h and sigma_k = sqrt(2 (1 - t_k + h) / (t_
     3. abar_k = abar_{k+1} + h abar_{k+1}^T d/dx [2 v_b'(s, x, t_k + h) - x / (t_k + h)] (x_k)
     4. L_AM = sum_k || (2 / sigma_k) (v_f(s, x_k, t_k) - v_b'(s, x_k, t_k)) + sigma_k abar_k ||^2
 
-Total loss = critic + BC(v_b) + L_AM, one Adam step with the global gradient norm clipped to 1.
+Total loss = critic + BC(v_b) + L_AM, one Adam step with the global gradient norm clipped to 1
+(`clip_grad=False`: not clipped).
 The agent acts with the Euler ODE of v_f (of v_b when tau = 0).
 
 QAM-FQL (`fql_alpha` > 0) adds a one-step policy mu(s, z) distilled from clip(ODE_f(s, z)) with the
@@ -62,6 +63,7 @@ class QAMConfig(BaseConfig):
     lr: float = 3e-4
     target_tau: float = 0.005
     max_grad_norm: float = 1.0  # global over every network (per seed)
+    clip_grad: bool = True  # False: no gradient clipping (the reference's agent.clip_grad=False)
     flow_steps: int = 10
     batch_size: int = 256
 
@@ -118,7 +120,7 @@ class QAM(Agent):
         self.setup_optimizer(
             parameters,
             lr=config.lr,
-            max_grad_norm=config.max_grad_norm,
+            max_grad_norm=config.max_grad_norm if config.clip_grad else None,
             targets=[(self.target_critic, self.critic), (self.target_base_flow, self.base_flow)],
             target_tau=config.target_tau,
         )

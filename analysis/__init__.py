@@ -6,7 +6,7 @@ intervals). The heavy modules (pandas, rliable, matplotlib) load on first use, s
 `analysis.cli` to register the subcommands stays cheap.
 
     import analysis
-    df = analysis.load("results/my-sweep")            # or analysis.load_published()
+    df = analysis.load("results/my-sweep")            # or analysis.load_published(study="main")
     table = analysis.leaderboard(df, metric="mean")   # one row per (row, variant)
     print(analysis.render_leaderboard(table, "md"))
     analysis.compare(df, "qam", "fql")                # paired by (task, seed)

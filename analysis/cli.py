@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-SWEEP_HELP = "sweep directory (results/<sweep>), or `published` for the QAM paper's reference rows alone"
+SWEEP_HELP = (
+    "sweep directory (results/<sweep>), or `published` for the QAM paper's reference rows alone "
+    "(`published:quality`, `published:sensitivity`: its studies')"
+)
 DEFAULT_REPS = 2000
 
 

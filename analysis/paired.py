@@ -17,10 +17,9 @@ from analysis.errors import AnalysisError
 from analysis.progress import progress_bar
 from analysis.records import (
     PUBLISHED,
-    PUBLISHED_NAMES,
-    PUBLISHED_SUFFIX,
     normalize_name,
     ordered_domains,
+    published_label,
     run_table,
 )
 from analysis.scores import ALL_TASKS, BEST_PER_DOMAIN, check_choice, phase_variants, scores_at
@@ -41,7 +40,7 @@ def resolve_variant(records: pd.DataFrame, name: str) -> str:
     if name in variants:
         return name
     normalized = {normalize_name(v): v for v in variants}
-    for candidate in (name, PUBLISHED_NAMES.get(name, name) + PUBLISHED_SUFFIX):
+    for candidate in (name, published_label(name)):
         if normalize_name(candidate) in normalized:
             return normalized[normalize_name(candidate)]
     close = difflib.get_close_matches(name, variants, n=1)

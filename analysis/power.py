@@ -30,11 +30,10 @@ from scipy import stats as sp_stats
 
 from analysis.errors import AnalysisError
 from analysis.records import (
-    PUBLISHED_NAMES,
     PUBLISHED_SUFFIX,
     load_published,
-    normalize_name,
     ordered_domains,
+    published_label,
 )
 from analysis.scores import scores_at
 
@@ -70,7 +69,7 @@ def released_scores(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(tasks, seeds) success in points of published methods `a` and `b` at their final `phase` step,
     and the task names; tasks missing from the released results are an AnalysisError."""
-    records = load_published([a, b])
+    records = load_published([a, b], study="main" if tasks is None else "all")
     if tasks is not None:
         absent = sorted(set(tasks) - set(records["task"]))
         if absent:
@@ -79,7 +78,7 @@ def released_scores(
                 f"{' ...' if len(absent) > 3 else ''}; the released results cover the ogbench suite's 50 tasks"
             )
         records = records[records["task"].isin(set(tasks))]
-    names = [PUBLISHED_NAMES.get(m, normalize_name(m)) for m in (a, b)]
+    names = [_name(m) for m in (a, b)]
     scores = scores_at(records, "final", phase).scores
     matrices = []
     for name in names:
@@ -89,6 +88,11 @@ def released_scores(
         matrices.append(own.pivot(index="task", columns="seed", values="success").dropna(axis=1))
     order = sorted(set(matrices[0].index) & set(matrices[1].index))
     return matrices[0].loc[order].to_numpy() * 100.0, matrices[1].loc[order].to_numpy() * 100.0, order
+
+
+def _name(method: str) -> str:
+    """A method's registry name, or a released sensitivity variant's preset name."""
+    return published_label(method).removesuffix(PUBLISHED_SUFFIX)
 
 
 def deviations(scores: np.ndarray) -> np.ndarray:
@@ -232,7 +236,7 @@ def seeds_needed(
     check_settings(aggregate, alpha, power, sims, seeds)
     if n_tasks is not None and n_tasks < 1:
         raise AnalysisError(f"bad number of tasks {n_tasks!r}: a whole number >= 1")
-    if normalize_name(a) == normalize_name(b) and not published:
+    if _name(a) == _name(b) and not published:
         raise AnalysisError(f"compare two different methods, got {a} twice (or give published=True)")
     scores_a, scores_b, order = released_scores(a, b, tasks, phase)
     if n_tasks is not None and n_tasks > len(order):
@@ -246,7 +250,7 @@ def seeds_needed(
     observed = float(_aggregate(scores_a[None], aggregate)[0] - _aggregate(scores_b[None], aggregate)[0])
     domains = ordered_domains({task.split("-singletask")[0] for task in order})
     return PowerPlan(
-        a=normalize_name(a), b=normalize_name(b), published=published, aggregate=aggregate, alpha=alpha,
+        a=_name(a), b=_name(b), published=published, aggregate=aggregate, alpha=alpha,
         target=power, tasks=order, domains=domains, released_seeds=scores_b.shape[1],
         table=pd.DataFrame(rows, columns=["seeds", "effect", "power"]),
         needed={float(e): simulator.seeds_for(float(e), power) for e in effects},

@@ -29,8 +29,21 @@ REFERENCE_NOTES = {
     "on D4RL's own files (AntMaze v2, Adroit v1), while Minari's AntMaze data was collected anew and its "
     "Adroit data re-simulated in gymnasium-robotics (docs/d4rl.md)",
 }
+# The released results of each study of the QAM paper (scripts/released/convert.py made them).
+STUDY_FILES = {
+    "main": PUBLISHED_FILE,
+    "quality": "qam_quality_results.parquet",
+    "sensitivity": "qam_sensitivity_results.parquet",
+}
 # The QAM paper's method names -> flowarena registry names; the others are kept, lowercased.
 PUBLISHED_NAMES = {"QAM": "qam", "QAM-E": "qam-edit", "QAM-F": "qam-fql", "FQL": "fql", "FBRAC": "fbrac"}
+# The sensitivity study's released names -> the variants of the preset qam-sensitivity.
+RELEASED_VARIANTS = {
+    **{f"QAM-E ({f}x tau)": f"qam-edit[inv_temp=x{f}]" for f in ("0.1", "0.3", "3", "10")},
+    "QAM-E (K=2)": "qam-edit[num_critics=2]",
+    **{f"QAM-E (T={t})": f"qam-edit[flow_steps={t}]" for t in (1, 3, 20, 30)},
+    "QAM-E-NOCLIP": "qam-edit[clip_grad=False]",
+}
 # The paper's domain order (rows of its table); domains it does not know come after, sorted.
 DOMAIN_ORDER = (
     "antmaze-large-navigate",
@@ -112,37 +125,49 @@ def load(sweep_dir: str | Path, *, published: bool = False) -> pd.DataFrame:
 
 
 def load_published(
-    methods: list[str] | None = None, tasks: list[str] | None = None, *, d4rl: bool = False
+    methods: list[str] | None = None,
+    tasks: list[str] | None = None,
+    study: str = "main",
+    *,
+    d4rl: bool = False,
 ) -> pd.DataFrame:
     """The QAM paper's released success rates in the records schema, labelled as published (with
-    `d4rl`, also the FQL paper's D4RL table: `load_d4rl_reference`). Column `reference` says which.
+    `d4rl`, or study "all", also the FQL paper's D4RL table: `load_d4rl_reference`). Column
+    `reference` says which paper a row comes from.
 
+    `study`: main (its tables, the default), quality (noisy/stitch data), sensitivity, or all.
     `method` is the registry name (QAM -> qam, QAM-E -> qam-edit, QAM-F -> qam-fql, FQL -> fql,
-    FBRAC -> fbrac, others lowercased), `variant` is `<method> (published)`, `source` is
-    "published", `sweep` is "published". Seeds 0-11 are indices, not seed values. `methods`
-    (registry or paper names) and `tasks` restrict the rows.
+    FBRAC -> fbrac, others lowercased), `variant` is `<method> (published)` (a sensitivity run:
+    `<preset variant> (published)`, RELEASED_VARIANTS), `source` and `sweep` are "published".
+    Seeds 0-11 are indices, not seed values. `methods` (registry, paper or variant names) and
+    `tasks` restrict the rows.
     """
-    raw = pd.read_parquet(resources.files("analysis").joinpath("data", PUBLISHED_FILE))
+    if study not in (*STUDY_FILES, "all"):
+        raise AnalysisError(f"unknown study {study!r}; studies: {', '.join(STUDY_FILES)}, all")
+    files = list(STUDY_FILES.values()) if study == "all" else [STUDY_FILES[study]]
+    raw = pd.concat([_read_released(name) for name in files], ignore_index=True)
     raw = raw.assign(reference=QAM_REFERENCE)
-    if d4rl:
+    if d4rl or study == "all":
         raw = pd.concat([raw, load_d4rl_reference()], ignore_index=True)
     method = raw["method"].map(lambda name: PUBLISHED_NAMES.get(name, name.lower()))
-    rows = raw.assign(method=method, variant=method + PUBLISHED_SUFFIX, sweep=PUBLISHED, eval_params="")
+    method = method.where(~raw["method"].isin(set(RELEASED_VARIANTS)), PUBLISHED_NAMES["QAM-E"])
+    variant = raw["method"].map(RELEASED_VARIANTS).fillna(method)
+    rows = raw.assign(method=method, variant=variant + PUBLISHED_SUFFIX, sweep=PUBLISHED, eval_params="")
     if methods is not None:
-        wanted = {PUBLISHED_NAMES.get(m, normalize_name(m)) for m in methods}
-        unknown = wanted - set(rows["method"])
+        wanted = {published_label(m) for m in methods}
+        have = set(rows["variant"]) | set(rows["method"] + PUBLISHED_SUFFIX)
+        unknown = wanted - have
         if unknown:
             known = ", ".join(sorted(rows["method"].unique()))
-            raise AnalysisError(
-                f"not in the published reference: {', '.join(sorted(unknown))}; it has {known}"
-            )
-        rows = rows[rows["method"].isin(wanted)]
+            shown = ", ".join(sorted(u.removesuffix(PUBLISHED_SUFFIX) for u in unknown))
+            raise AnalysisError(f"not in the published reference: {shown}; it has {known}")
+        rows = rows[rows["variant"].isin(wanted) | (rows["method"] + PUBLISHED_SUFFIX).isin(wanted)]
     if tasks is not None:
         rows = rows[rows["task"].isin(set(tasks))]
     published = _standardize(rows.reset_index(drop=True), source=PUBLISHED, default_sweep=PUBLISHED)
     published.attrs.update(
         sweep_dir=PUBLISHED,
-        loaded_from=f"published reference ({PUBLISHED_FILE}, shipped with flowarena)",
+        loaded_from=f"published reference ({', '.join(files)}, shipped with flowarena)",
         notes=[],
         runs=RunTable(),
     )
@@ -167,10 +192,34 @@ def load_d4rl_reference() -> pd.DataFrame:
     )
 
 
+def published_label(name: str) -> str:
+    """The published variant a name stands for: `QAM-E`, `qam-edit` -> `qam-edit (published)`;
+    `QAM-E (K=2)`, `qam-edit[num_critics=2]` -> `qam-edit[num_critics=2] (published)`."""
+    name = name.strip().removesuffix(PUBLISHED_SUFFIX)
+    if name in RELEASED_VARIANTS:
+        return RELEASED_VARIANTS[name] + PUBLISHED_SUFFIX
+    by_case = {v.lower(): v for v in RELEASED_VARIANTS.values()}
+    return by_case.get(name.lower(), PUBLISHED_NAMES.get(name, normalize_name(name))) + PUBLISHED_SUFFIX
+
+
+def published_for(names: set[str], tasks: set[str]) -> pd.DataFrame:
+    """Every study's published rows of these sweep methods or variants on these tasks: a method's
+    own rows (main table, quality study) and a sensitivity variant's rows by its variant name."""
+    reference = load_published(study="all")
+    base = reference["variant"].str.removesuffix(PUBLISHED_SUFFIX)
+    return reference[base.isin(names) & reference["task"].isin(tasks)]
+
+
+def _read_released(name: str) -> pd.DataFrame:
+    return pd.read_parquet(resources.files("analysis").joinpath("data", name))
+
+
 def load_source(spec: str | Path, *, published: bool = False) -> pd.DataFrame:
-    """What the CLI's SWEEP argument names: a sweep directory, or `published` for the reference alone."""
-    if str(spec) == PUBLISHED and not Path(spec).is_dir():
-        return load_published()
+    """What the CLI's SWEEP argument names: a sweep directory, or `published` for the main
+    reference alone (`published:quality`, `published:sensitivity`: that study's)."""
+    text = str(spec)
+    if text.split(":")[0] == PUBLISHED and not Path(spec).is_dir():
+        return load_published(study=text.partition(":")[2] or "main")
     return load(spec, published=published)
 
 
@@ -261,10 +310,9 @@ def _check_unique(records: pd.DataFrame) -> None:
 
 
 def _with_published(records: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    reference = load_published(d4rl=True)
     methods = set(records["method"]) | set(runs["method"])
     tasks = set(records["task"]) | set(runs["task"])
-    chosen = reference[reference["method"].isin(methods) & reference["task"].isin(tasks)]
+    chosen = published_for(methods | set(records["variant"]) | set(runs["variant"]), tasks)
     if chosen.empty:
         note = (
             "published reference: none of the sweep's (method, task) pairs are in it "

@@ -13,9 +13,10 @@ from analysis import plots
 from analysis.errors import AnalysisError
 from analysis.paired import compare, render_comparison, resolve_variant
 from analysis.progress import progress_bar
-from analysis.records import PUBLISHED, load, load_published, ordered_domains, run_table
+from analysis.records import PUBLISHED, load, ordered_domains, published_for, run_table
 from analysis.scores import ALL_TASKS, BEST_PER_DOMAIN, expected_runs, phase_variants
 from analysis.stats import aggregate, check_bootstrap, performance_profiles
+from analysis.studies import study_sections
 from analysis.tables import board_from_aggregate, markdown_table, render_leaderboard
 from analysis.versus import has_pairs, render_versus, versus_published
 
@@ -77,6 +78,7 @@ def write_report(
     comparison, pairs, how = _comparisons(own, pair, ranking, out, settings)
     sections += boards + comparison
     sections += _plots(own, pairs, how, out, settings)
+    sections += study_sections(records, out, settings)
     sections.append(_files(out, html))
     text = "\n\n".join(section.strip("\n") for section in sections if section) + "\n"
     path = out / "report.md"
@@ -329,12 +331,8 @@ def _published_curves(own: pd.DataFrame, phase: str) -> tuple[pd.DataFrame | Non
     """
     if (own["source"] == PUBLISHED).all():
         return None, ""
-    reference = load_published()
-    chosen = reference[
-        reference["method"].isin(set(own["method"]))
-        & reference["task"].isin(set(own["task"]))
-        & (reference["step"] <= own["step"].max())
-    ]
+    chosen = published_for(set(own["method"]) | set(own["variant"]), set(own["task"]))
+    chosen = chosen[chosen["step"] <= own["step"].max()]
     if phase == "offline":
         chosen = chosen[chosen["phase"] == "offline"]
     if chosen.empty:

@@ -1,8 +1,9 @@
 """A sweep against the published results, method by method: our value with its CI beside the paper's.
 
-A sweep variant is paired with the published rows of the same method only when it runs that method
-with its defaults (the variant name equals the method's registry name, e.g. `qam`, not
-`qam[inv_temp=3]`): the paper's numbers belong to the paper's configuration. Everything else is
+A sweep variant is paired with the published rows of the same variant only: a method at its
+defaults (the variant name equals the method's registry name, e.g. `qam`, not `qam[inv_temp=3]`),
+or a variant of the sensitivity study (`qam-edit[num_critics=2]`): the paper's numbers belong to the
+paper's configuration. Everything else is
 shown alone. A pair is marked when the published value lies outside our confidence interval.
 """
 
@@ -30,16 +31,16 @@ def has_pairs(board: pd.DataFrame) -> bool:
 def versus_published(board: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     """One row per (row, sweep variant) of a leaderboard with published columns (`VERSUS_COLUMNS`).
 
-    `published` is the published value of the variant's method (NaN when the variant is not the
-    method at its defaults, or the paper has no such method); `outside_ci` is True when that value
+    `published` is the published value of the same variant (NaN when the paper has none: a
+    variant other than its method at its defaults or a released sensitivity variant); `outside_ci` is True when that value
     lies outside [ci_low, ci_high], None when there is nothing to compare (no CI or no pair)."""
     methods = records.drop_duplicates("variant").set_index("variant")["method"].to_dict()
     cells = board.set_index(["row", "variant"])
     rows = []
     for cell in board[board["source"] != PUBLISHED].itertuples():
         method = methods.get(cell.variant, cell.variant)
-        paired = cell.variant == method and (cell.row, method + PUBLISHED_SUFFIX) in cells.index
-        theirs = cells.loc[(cell.row, method + PUBLISHED_SUFFIX)] if paired else None
+        paired = (cell.row, cell.variant + PUBLISHED_SUFFIX) in cells.index
+        theirs = cells.loc[(cell.row, cell.variant + PUBLISHED_SUFFIX)] if paired else None
         rows.append(_pair_row(cell, method, theirs))
     return pd.DataFrame(rows, columns=VERSUS_COLUMNS)
 
@@ -80,8 +81,8 @@ def render_versus(table: pd.DataFrame, ci: float = 0.95) -> str:
     legend = [
         "",
         f"- {OUTSIDE_MARK}: the published value lies outside our {ci * 100:g}% CI",
-        "- a variant is paired only when it is its method at the method's defaults; "
-        "others, and methods the paper does not have, are shown alone (published: -)",
+        "- a variant is paired only when the paper has it: its method at the method's defaults, or a "
+        "variant of the sensitivity study; others are shown alone (published: -)",
     ]
     return "**Against the published results**\n\n" + markdown_table(shown) + "\n" + "\n".join(legend) + "\n"
 

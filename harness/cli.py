@@ -234,6 +234,8 @@ def cmd_datagen(args: argparse.Namespace) -> int:
         episode_length=args.episode_length,
         seed=args.seed,
         workers=args.workers,
+        dataset_type=args.dataset_type,
+        p_random_action=args.p_random_action,
     )
     print(f"wrote {train_path} and {val_path}")
     return 0
@@ -241,7 +243,7 @@ def cmd_datagen(args: argparse.Namespace) -> int:
 
 def add_datagen_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "datagen", help="generate an OGBench-format play dataset with ogbench's scripted oracles"
+        "datagen", help="generate an OGBench-format play or noisy dataset with ogbench's scripted oracles"
     )
     p.add_argument("--env", required=True, help="cube-double-v0, scene-v0, puzzle-3x3-v0, ...")
     p.add_argument("--episodes", type=int, required=True, help="training episodes (plus 10%% validation)")
@@ -253,6 +255,18 @@ def add_datagen_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         help="processes collecting episodes at once (a file per seed and count)",
+    )
+    p.add_argument(
+        "--dataset-type",
+        choices=("play", "noisy"),
+        default="play",
+        help="play: plan oracles; noisy: Markov oracles with per-episode Gaussian action noise and random "
+        "actions (OGBench's data_gen_scripts)",
+    )
+    p.add_argument(
+        "--p-random-action",
+        type=float,
+        help="noisy: chance of a uniformly random action (default OGBench's: 0.1 cube/scene, 0.2 puzzle)",
     )
     p.set_defaults(func=cmd_datagen)
 

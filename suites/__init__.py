@@ -7,6 +7,7 @@ Pure data: importing `suites` never imports torch, so the analysis side and the 
     get_suite("smoke")            3 tasks, tiny budgets and networks (suites/smoke.py)
     get_suite("demo")             cube-single task1, small networks: `flowarena demo` (suites/demo.py)
     get_suite("d4rl")             the FQL paper's 18 D4RL tasks through Minari (suites/d4rl.py)
+    get_suite("ogbench-quality")  the QAM paper's data-quality study: noisy/stitch data (suites/ogbench.py)
     get_suite("path/to/my.toml")  a user suite (see `load_toml`); suites/<name>.toml files are named suites
 
 The harness builds a run's config from `suite.config_overrides` (every method), then
@@ -74,6 +75,7 @@ _BUILTIN = {
     "smoke": ("suites.smoke", "smoke_suite"),
     "demo": ("suites.demo", "demo_suite"),
     "d4rl": ("suites.d4rl", "d4rl_suite"),
+    "ogbench-quality": ("suites.ogbench", "ogbench_quality_suite"),
 }
 _HERE = Path(__file__).resolve().parent
 _TASK_RE = re.compile(r"^(?P<domain>.+?)-singletask(?:-task\d+)?-v\d+$")

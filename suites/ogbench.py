@@ -157,6 +157,42 @@ def ogbench_suite() -> Suite:
     )
 
 
+# The QAM paper's data-quality study (its experiments/reproduce_quality.py): each domain on its noisy
+# (manipulation) or stitch (maze) dataset, with every setting and per-domain hyperparameter of the
+# play/navigate domain it stands in for (the script looks them up by that domain).
+QUALITY_DOMAINS = {
+    "puzzle-3x3-noisy": "puzzle-3x3-play",
+    "scene-noisy": "scene-play",
+    "cube-double-noisy": "cube-double-play",
+    "antmaze-large-stitch": "antmaze-large-navigate",
+    "humanoidmaze-medium-stitch": "humanoidmaze-medium-navigate",
+    "cube-triple-noisy": "cube-triple-play",
+}
+
+
+def ogbench_quality_suite() -> Suite:
+    """The data-quality study's 30 tasks: cube-double, cube-triple, scene and puzzle-3x3 on their
+    noisy datasets, antmaze-large and humanoidmaze-medium on their stitch datasets, each at the
+    settings of its play/navigate domain; the ogbench suite's budgets and 12 seeds."""
+    domains = {name: {**DOMAINS[source], "dataset": f"{name}-v0"} for name, source in QUALITY_DOMAINS.items()}
+    methods = paper_methods(list(QUALITY_DOMAINS.values()))
+    return Suite(
+        name="ogbench-quality",
+        description="QAM paper's data-quality study: 30 tasks on noisy/stitch data, play/navigate settings",
+        tasks=make_tasks([t for d in domains for t in domain_tasks(d)], domains),
+        budgets=dict(PAPER_BUDGETS),
+        methods={name: methods[source] for name, source in QUALITY_DOMAINS.items()},
+        domains=domains,
+        seeds=12,
+    )
+
+
+def sensitivity_tasks() -> list[str]:
+    """The QAM paper's sensitivity study's tasks (its experiments/reproduce_sensitivity.py): task1 of
+    each maze domain, task2 of each manipulation domain, in the ogbench suite's domain order."""
+    return [domain_tasks(d)[0 if d.endswith("-navigate") else 1] for d in DOMAINS]
+
+
 QGF_DOMAINS = ("cube-triple-play", "cube-quadruple-play", "puzzle-4x4-play", "scene-play")
 QGF_OVERRIDES = {
     "batch_size": 1024,

@@ -138,3 +138,21 @@ def test_methods_lists_the_valid_values(capsys):
     assert listing["qam"]["valid"]["clip_terminal"] == "true or false"
     assert main(["methods"]) == 0
     assert "lr=0.0003" in capsys.readouterr().out
+
+
+def test_a_relative_value_is_checked_once_resolved(tmp_path, capsys):
+    """`xF` multiplies the suite's per-domain value; the product must still be valid."""
+    argv = [
+        "run",
+        "--method",
+        "fql",
+        "--task",
+        TASK,
+        "--set",
+        "target_tau=x1000",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    assert main(argv) == 2
+    assert "target_tau takes a finite number in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -288,3 +288,41 @@ def test_stacked_seeds_on_buffer_batches():
     metrics = agent.update(bandit_buffer(100).sample(16, stack=(3,)))
     assert all(isinstance(v, list) and len(v) == 3 for v in metrics.values())
     assert agent.log_alpha.shape == (3, 1)
+
+
+# --- gradient clipping (clip_grad) -------------------------------------------------------------
+def clipped_by_hand(agent, batch: Batch) -> None:
+    """One update of an agent built with clip_grad=False, its gradients scaled by hand to a global
+    norm of at most 1, as clip_grad=True (the default, and the only update before the key) does."""
+    agent.optimizer.zero_grad(set_to_none=True)
+    agent.gradient_step(batch)
+    params = [p for group in agent.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    assert norm > 1  # the clip acts on this batch
+    for p in params:
+        p.grad.mul_(1.0 / (norm + 1e-6))
+    agent._polyak_update()
+    agent.optimizer.step()
+
+
+@pytest.mark.parametrize("method", ["qam", "qam-edit"])
+def test_clip_grad_on_is_the_global_norm_clip_and_off_skips_it_only(method):
+    clipped, by_hand, unclipped = make(method), make(method, clip_grad=False), make(method, clip_grad=False)
+    assert clipped.config.clip_grad and clipped.max_grad_norm == 1.0 and unclipped.max_grad_norm is None
+    for step in range(2):
+        batch = random_batch(seed=step)
+        metrics = clipped.update(batch)
+        assert metrics["grad_norm"] > 1
+        clipped_by_hand(by_hand, batch)
+        unclipped.update(batch)
+    params = dict(clipped.named_parameters())
+    for name, p in by_hand.named_parameters():
+        torch.testing.assert_close(p, params[name], rtol=1e-5, atol=1e-6)
+    moved = [n for n, p in unclipped.named_parameters() if not torch.allclose(p, params[n], atol=1e-6)]
+    assert any(n.startswith("critic") for n in moved)  # the unclipped steps are larger
+
+
+def test_bam_built_on_qam_always_clips():
+    agent = make("bam")
+    assert agent.max_grad_norm == 1.0 and "clip_grad" not in registry.config_fields("bam")
+    assert agent.update(random_batch())["grad_norm"] > 0

@@ -6,6 +6,7 @@ Variant and evaluation-setting labels are made here."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,9 +192,11 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     fields = registry.config_fields(method)
     suite_values = {**suite.config_overrides, **suite.method_overrides(method.name, task.task)}
     base = registry.make_config(method, {k: v for k, v in suite_values.items() if k in fields})
-    user = registry.parse_overrides(method, spec.overrides)
-    config = dataclasses.replace(base, **user)
+    relative = relative_values(method, base, spec.overrides)
+    user = registry.parse_overrides(method, {k: v for k, v in spec.overrides.items() if k not in relative})
+    config = dataclasses.replace(base, **user, **relative)
     changed = {k: v for k, v in user.items() if getattr(base, k) != v or k in spec.variant_keys}
+    changed.update({k: str(spec.overrides[k]).strip().lower() for k in relative})  # named as given: xF
     variant = variant_name(method.name, changed)
     if not spec.eval_params:  # the suite's evaluation-time settings for the method (QGF: 9 weights)
         spec = dataclasses.replace(spec, eval_params=suite.method_eval_params(method.name))
@@ -201,6 +204,35 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     check_balanced_sampling(spec.budget, task)
     path = records.run_dir_path(spec.out, spec.sweep, variant, task.task, spec.seed)
     return ResolvedRun(spec, method, config, task, variant, path)
+
+
+RELATIVE_VALUE = re.compile(r"^x(?P<factor>(\d+\.?\d*|\.\d+)(e[-+]?\d+)?)$")
+
+
+def relative_values(method: registry.Method, base: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides written `xF` (F > 0): F times the value the run has without them, i.e. the
+    suite's per-domain value (else the method's default), so `inv_temp=x0.3` is 0.3 times each
+    domain's inv_temp. An integer key must come out a whole number (`flow_steps=x2`)."""
+    values = {}
+    for key, text in overrides.items():
+        match = RELATIVE_VALUE.match(text.strip().lower()) if isinstance(text, str) else None
+        if match is None:
+            continue
+        registry.parse_overrides(method, {key: getattr(base, key, None)})  # an unknown key: its message
+        current, factor = getattr(base, key), float(match["factor"])
+        if isinstance(current, bool) or not isinstance(current, (int, float)) or factor <= 0:
+            raise UserError(
+                f"{method.name}.{key}={text}: a relative value xF needs F > 0 and a numeric key "
+                f"({key} is {current!r} here)"
+            )
+        value = factor * current
+        if isinstance(current, int):
+            if abs(value - round(value)) > 1e-9:
+                raise UserError(f"{method.name}.{key}={text}: {factor:g} x {current} is not a whole number")
+            value = round(value)
+        values[key] = value
+    registry.check_values(method.cls, values, method.name)  # x1000 of a Polyak rate is no rate
+    return values
 
 
 def check_balanced_sampling(budget: Budget, task: suites.TaskSettings) -> None:

@@ -114,7 +114,12 @@ def _check_method_keys(spec: SweepSpec) -> None:
     are checked when each variant is resolved)."""
     from algorithms import registry
 
-    for flag, table in (("--set", spec.overrides), ("--grid", spec.grid)):
+    variants = {"": {key: None for variant in spec.variants for key in variant}} if spec.variants else {}
+    for flag, table in (
+        ("--set", spec.overrides),
+        ("--grid", spec.grid),
+        ("the preset's variants", variants),
+    ):
         for method, keys in table.items():
             if method and method not in spec.methods:
                 raise UserError(
@@ -131,11 +136,16 @@ def _check_method_keys(spec: SweepSpec) -> None:
 
 
 def method_variants(spec: SweepSpec, method: str) -> list[dict[str, Any]]:
-    """The overrides of each variant of `method`: its --set values times the product of its grids."""
+    """The overrides of each variant of `method`: its --set values, times a preset's one-at-a-time
+    variants, times the product of its grids."""
     fixed = {**spec.overrides.get("", {}), **spec.overrides.get(method, {})}
     grid = {**spec.grid.get("", {}), **spec.grid.get(method, {})}
     keys = list(grid)
-    return [{**fixed, **dict(zip(keys, combo))} for combo in itertools.product(*grid.values())]
+    return [
+        {**fixed, **variant, **dict(zip(keys, combo))}
+        for variant in spec.variants or [{}]
+        for combo in itertools.product(*grid.values())
+    ]
 
 
 def method_eval_params(spec: SweepSpec, method: str) -> list[dict[str, float]]:

@@ -13,6 +13,7 @@ import suites
 from harness.errors import UserError
 from harness.run.compile import check_choice as check_compile_choice
 from harness.sweep.options import ExecutorOptions
+from suites.ogbench import sensitivity_tasks
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,24 @@ class Preset:
     seeds: int | None = None  # a count; None: the suite's
     budget: dict[str, int] = field(default_factory=dict)  # over the suite's budgets, under the flags
     online: bool = False  # its table needs an online phase
+    tasks: tuple[str, ...] = ()  # while the suite is the preset's; empty: the suite's tasks
+    # one variant per entry, each KEY=VALUE of every method (a relative `xF` resolved per domain)
+    variants: tuple[dict[str, str], ...] = ()
 
 
 # The QAM paper's 16 offline methods, in its table's order.
 QAM_PAPER_METHODS = (
     *("qam", "qam-edit", "qam-fql", "fql", "fbrac", "fedit", "ifql", "fawac", "dsrl", "cgql", "cgql-m"),
     *("cgql-l", "bam", "rebrac", "qsm", "dac"),
+)
+# The QAM reference's experiments/reproduce_quality.py: the methods it runs on noisy/stitch data.
+QAM_QUALITY_METHODS = ("qam-edit", "qam-fql", "qam", "rebrac", "fedit", "fql", "qsm", "dsrl", "bam")
+# The QAM reference's experiments/reproduce_sensitivity.py: QAM-EDIT with one knob changed at a time.
+QAM_SENSITIVITY_VARIANTS = (
+    *({"inv_temp": f"x{factor}"} for factor in ("0.1", "0.3", "3", "10")),
+    {"num_critics": "2"},
+    *({"flow_steps": str(steps)} for steps in (1, 3, 20, 30)),
+    {"clip_grad": "false"},
 )
 PRESETS = {
     "adjoint-vs-bptt": Preset(
@@ -56,6 +69,27 @@ PRESETS = {
         seeds=12,
         online=True,
     ),
+    "qam-quality": Preset(
+        methods=QAM_QUALITY_METHODS,
+        description="the QAM paper's data-quality study: its 9 methods on noisy (manipulation) and "
+        "stitch (maze) data, each at its play/navigate domain's settings (suite ogbench-quality: 30 "
+        "tasks, 1M offline + 500K online steps), 12 seeds",
+        suite="ogbench-quality",
+        seeds=12,
+        online=True,
+    ),
+    "qam-sensitivity": Preset(
+        methods=("qam-edit",),
+        description="the QAM paper's sensitivity study: QAM-EDIT with one knob changed from its "
+        "per-domain value (inv_temp x0.1, x0.3, x3, x10; 2 critics; 1, 3, 20, 30 flow steps; no "
+        "gradient clipping) on task2 of each manipulation and task1 of each maze domain (ogbench: 1M "
+        "offline + 500K online steps), 12 seeds",
+        suite="ogbench",
+        seeds=12,
+        online=True,
+        tasks=tuple(sensitivity_tasks()),
+        variants=QAM_SENSITIVITY_VARIANTS,
+    ),
 }
 
 
@@ -74,6 +108,8 @@ class SweepSpec:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     eval_params: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # one-at-a-time variants (a preset's): each {KEY: VALUE} of every method, times the grid
+    variants: list[dict[str, Any]] = field(default_factory=list)
     budget: dict[str, int] = field(default_factory=dict)  # over the suite's budgets
     out: str = "results"
     dataset_dir: str | None = None
@@ -137,6 +173,9 @@ def apply_preset(spec: SweepSpec) -> None:
         spec.suite = preset.suite
     if preset.seeds and not spec.seeds:
         spec.seeds = list(range(preset.seeds))
+    if preset.tasks and not spec.tasks and spec.suite == preset.suite:
+        spec.tasks = list(preset.tasks)
+    spec.variants = [dict(v) for v in preset.variants]
     spec.budget = {**preset.budget, **spec.budget}
 
 
@@ -162,3 +201,8 @@ def validate_spec(spec: SweepSpec) -> None:
         both = [k for k in keys if k in spec.grid.get(method, {})]
         if both:
             raise UserError(f"both --set and --grid give {method + '.' if method else ''}{both[0]}; keep one")
+    varied = {key for variant in spec.variants for key in variant}
+    for flag, table in (("--set", spec.overrides), ("--grid", spec.grid)):
+        clash = sorted(varied & {key for keys in table.values() for key in keys})
+        if clash:
+            raise UserError(f"preset {spec.preset} varies {clash[0]} itself; drop {flag} ...{clash[0]}=...")

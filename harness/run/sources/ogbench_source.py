@@ -75,10 +75,22 @@ def dataset_files(task: str, dataset_dir: str | Path | None, shard_dir: str | No
         raise DataError(
             f"dataset {name} not found: {path} does not exist. Download it (needs internet) with\n"
             f"  python -c \"import ogbench; ogbench.download_datasets(['{name}'], '{root}')\"\n"
-            f"or generate an OGBench-format dataset with ogbench's scripted oracles:\n"
-            f"  flowarena datagen --env {base_env_name(task)} --episodes 1000 --out {root}"
+            + _generate_hint(task, root)
         )
     return [path]
+
+
+def _generate_hint(task: str, root: Path) -> str:
+    """How to make a missing dataset here: ogbench's oracles make play and noisy manipulation data;
+    navigate and stitch data come from trained navigation policies, which only the download has."""
+    kind = dataset_name(task).split("-")[-2]
+    if kind not in ("play", "noisy") or task.split("-")[0] not in ("cube", "scene", "puzzle"):
+        return f"({kind} data comes from trained navigation policies: only the download has it)"
+    flag = " --dataset-type noisy" if kind == "noisy" else ""
+    return (
+        f"or generate an OGBench-format dataset with ogbench's scripted oracles:\n"
+        f"  flowarena datagen --env {base_env_name(task)}{flag} --episodes 1000 --out {root}"
+    )
 
 
 def load_transitions(path: Path, task: str, env, *, sparse: bool) -> dict[str, np.ndarray]:
