@@ -45,26 +45,46 @@ def study_sections(records: pd.DataFrame, out: Path, settings) -> list[str]:
     sections = []
     quality = quality_table(records, **settings.bootstrap())
     if not quality.empty:
-        quality.to_csv(out / "data_quality.csv", index=False)
-        plot_quality(quality, out / QUALITY_FIGURE)
         sections.append(
-            f"### Data quality\n\n![Data quality]({QUALITY_FIGURE})\n\nSuccess (%) at the final offline "
-            "step on each noisy or stitch domain (solid), beside the same method's published success on "
-            "the same tasks of the play or navigate domain it stands in for (hatched: the QAM paper's main released "
-            "results), mean over tasks and seeds with bootstrap CIs. Values: data_quality.csv."
+            _figure_section(
+                quality,
+                out,
+                "data_quality.csv",
+                plot_quality,
+                QUALITY_FIGURE,
+                "Data quality",
+                "Success (%) at the final offline step on each noisy or stitch domain (solid), beside the "
+                "same method's published success on the same tasks of the play or navigate domain it "
+                "stands in for (hatched: the QAM paper's main released results), mean over tasks and "
+                "seeds with bootstrap CIs.",
+            )
         )
     knobs = sensitivity_table(records, **settings.bootstrap())
     if not knobs.empty:
-        knobs.to_csv(out / "sensitivity.csv", index=False)
-        plot_sensitivity(knobs, out / SENSITIVITY_FIGURE)
         sections.append(
-            f"### Sensitivity\n\n![Sensitivity]({SENSITIVITY_FIGURE})\n\nSuccess (%) at the final offline "
-            "step over all tasks of the variants that change one key of a method, against that key's "
-            "value, with bootstrap CIs; the star marks the method at its defaults (its per-domain "
-            "value; `xF` is F times it), from the records or, for published series, the main released "
-            "results on the same tasks. Values: sensitivity.csv."
+            _figure_section(
+                knobs,
+                out,
+                "sensitivity.csv",
+                plot_sensitivity,
+                SENSITIVITY_FIGURE,
+                "Sensitivity",
+                "Success (%) at the final offline step over all tasks of the variants that change one key "
+                "of a method, against that key's value, with bootstrap CIs; the star marks the method at "
+                "its defaults (its per-domain value; `xF` is F times it), from the records or, for "
+                "published series, the main released results on the same tasks.",
+            )
         )
     return sections
+
+
+def _figure_section(
+    table: pd.DataFrame, out: Path, csv: str, plot, figure: str, title: str, text: str
+) -> str:
+    """Writes the table's CSV and figure into `out`; the report's section showing them."""
+    table.to_csv(out / csv, index=False)
+    plot(table, out / figure)
+    return f"### {title}\n\n![{title}]({figure})\n\n{text} Values: {csv}."
 
 
 def _aggregate(rows: pd.DataFrame, by: str, reps: int, ci: float, seed: int, progress: bool) -> pd.DataFrame:
