@@ -40,11 +40,7 @@ from algorithms.registry import register
 
 @dataclass
 class BAMConfig(BaseConfig):
-    VALID = {
-        "inv_temp": values.NON_NEGATIVE,
-        "fql_alpha": values.NON_NEGATIVE,
-        "edit_scale": values.NON_NEGATIVE,
-    }
+    VALID = {"inv_temp": values.NON_NEGATIVE}
 
     inv_temp: float = 0.3  # tau of -tau Qbar(s, x_N); per-domain values come from the suite
     target_base: bool = True  # v_b' (the Polyak target) in the SDE's last step and the cost (else v_b)
