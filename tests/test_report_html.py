@@ -75,7 +75,8 @@ def test_html_report_renders_every_table_and_plot(chromium, tmp_path, capsys):
     assert seen.errors == []
     assert seen.value["tables"] == markdown_tables(report_md) and len(seen.value["tables"]) >= 8
     alts = re.findall(r"!\[([^\]]+)\]\(", report_md)
-    assert [i["alt"] for i in seen.value["images"]] == alts and len(alts) == 4
+    assert [i["alt"] for i in seen.value["images"]] == alts and len(alts) == 5
+    assert alts[-1] == "Sensitivity"  # qam[inv_temp=3] changes one key of qam: its sensitivity figure
     for image in seen.value["images"]:
         assert image["loaded"] and image["width"] >= 300 and image["src"] == "data:image/png;base64,"
     assert "Paired comparison: qam vs fql" in seen.value["headings"]
