@@ -1,4 +1,4 @@
-"""`flowarena demo`: learning curves of QAM and FQL in about ten minutes on a 2-core CPU, or with
+"""`flowarena demo`: learning curves of QAM and FQL in under ten minutes on a 2-core CPU, or with
 `--quick` every registered method for a few hundred steps (a one-minute check, a table only).
 
 The default demo is the `demo` suite's sweep (suites/demo.py): cube-single play data made here
@@ -309,7 +309,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget = demo.DEMO_BUDGETS
     p = sub.add_parser(
         "demo",
-        help="QAM and FQL learning cube-single on generated data: a learning-curve PNG in about ten minutes "
+        help="QAM and FQL learning cube-single on generated data: a learning-curve PNG in under ten minutes "
         "(--quick: every method briefly, a table)",
         description=f"Generate cube-single play data (first run only), train {' and '.join(demo.DEMO_METHODS)} "
         f"on {demo.DEMO_TASK} with the demo suite's small networks, plot success per step to "

@@ -1,4 +1,4 @@
-"""The `demo` suite: what `flowarena demo` runs, learning curves of QAM and FQL in about ten minutes
+"""The `demo` suite: what `flowarena demo` runs, learning curves of QAM and FQL in under ten minutes
 of training on a 2-core CPU.
 
 One task, cube-single task1 (pick the cube up and move it 20 cm), on 50 episodes of 1000 steps of
