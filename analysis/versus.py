@@ -3,8 +3,8 @@
 A sweep variant is paired with the published rows of the same variant only: a method at its
 defaults (the variant name equals the method's registry name, e.g. `qam`, not `qam[inv_temp=3]`),
 or a variant of the sensitivity study (`qam-edit[num_critics=2]`): the paper's numbers belong to the
-paper's configuration. Everything else is
-shown alone. A pair is marked when the published value lies outside our confidence interval.
+paper's configuration. Everything else is shown alone. A pair is marked when the published value
+lies outside our confidence interval.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def versus_published(board: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame
     """One row per (row, sweep variant) of a leaderboard with published columns (`VERSUS_COLUMNS`).
 
     `published` is the published value of the same variant (NaN when the paper has none: a
-    variant other than its method at its defaults or a released sensitivity variant); `outside_ci` is True when that value
-    lies outside [ci_low, ci_high], None when there is nothing to compare (no CI or no pair)."""
+    variant other than its method at its defaults or a released sensitivity variant); `outside_ci`
+    is True when that value lies outside [ci_low, ci_high], None when there is nothing to compare
+    (no CI or no pair)."""
     methods = records.drop_duplicates("variant").set_index("variant")["method"].to_dict()
     cells = board.set_index(["row", "variant"])
     rows = []

@@ -211,7 +211,7 @@ def _ensure_dataset(args: argparse.Namespace, task: str, data: dict) -> float:
     episode_length, and optional workers and val_episodes (training never reads the validation
     file); the seconds it took."""
     from harness.datagen import generate
-    from harness.run.data import base_env_name, dataset_name
+    from harness.run.sources.ogbench_source import base_env_name, dataset_name
 
     dataset_dir = Path(args.dataset_dir)
     path = dataset_dir / f"{dataset_name(task)}.npz"

@@ -220,8 +220,9 @@ class Suite:
         if name in self.task_names:
             return self.task(name), None
         if d4rl.is_d4rl(name):
-            return self._d4rl_settings(name)
-        domain = defaults.ogbench_domain(name)
+            domain, hint = d4rl.domain(name), "`flowarena suites d4rl` lists the D4RL suite"
+        else:
+            domain, hint = defaults.ogbench_domain(name), "see `flowarena suites --defaults`"
         if domain is None:
             known = [*self.task_names, *defaults.known_tasks()]
             raise SuiteError(
@@ -233,27 +234,9 @@ class Suite:
             settings = TaskSettings(task=name, domain=domain, **self.domains[domain])
             source = f"the settings of its domain {domain} in this suite ({describe(settings)})"
         else:
-            settings = TaskSettings(task=name, domain=domain, **defaults.default_settings(domain))
-            source = (
-                f"the OGBench defaults for {defaults.kind_of(domain)} ({describe(settings)}) and each "
-                "method's default hyperparameters"
-            )
+            settings, source = _default_settings(name, domain)
         notice = f"note: {name} is not in suite {self.name!r}; running it with {source}"
-        return settings, f"{notice}; see `flowarena suites --defaults`"
-
-    def _d4rl_settings(self, name: str) -> tuple[TaskSettings, str]:
-        """An unlisted D4RL task: its domain's settings in this suite, else D4RL's defaults."""
-        from suites import d4rl
-
-        domain = d4rl.domain(name)
-        if domain in self.domains:
-            settings = TaskSettings(task=name, domain=domain, **self.domains[domain])
-            source = f"the settings of its domain {domain} in this suite ({describe(settings)})"
-        else:
-            settings = d4rl.settings(name)
-            source = f"the D4RL defaults ({describe(settings)}) and each method's default hyperparameters"
-        notice = f"note: {name} is not in suite {self.name!r}; running it with {source}"
-        return settings, f"{notice}; `flowarena suites d4rl` lists the D4RL suite"
+        return settings, f"{notice}; {hint}"
 
     def methods_notice(self, method: str, task: str) -> str | None:
         """The suite's `methods_note` when it gives `method` no values on `task`'s domain."""
@@ -291,6 +274,19 @@ class Suite:
             "eval_params": {m: {k: list(v) for k, v in keys.items()} for m, keys in self.eval_params.items()},
             **({"methods_note": self.methods_note} if self.methods_note else {}),
         }
+
+
+def _default_settings(name: str, domain: str) -> tuple[TaskSettings, str]:
+    """The settings of a task whose domain the suite lacks (D4RL's or the OGBench family's
+    defaults), and where they came from in words."""
+    from suites import d4rl, defaults
+
+    if d4rl.is_d4rl(name):
+        settings, family = d4rl.settings(name), "the D4RL defaults"
+    else:
+        settings = TaskSettings(task=name, domain=domain, **defaults.default_settings(domain))
+        family = f"the OGBench defaults for {defaults.kind_of(domain)}"
+    return settings, f"{family} ({describe(settings)}) and each method's default hyperparameters"
 
 
 def describe(settings: TaskSettings) -> str:

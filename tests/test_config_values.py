@@ -79,30 +79,23 @@ def test_every_method_declares_every_key_and_its_defaults_are_valid(name):
     ],
 )
 def test_a_bad_set_value_is_refused_before_the_run_starts(tmp_path, capsys, method, key, value, valid):
-    out = tmp_path / "results"
-    argv = ["run", "--method", method, "--task", TASK, "--set", f"{key}={value}", "--out", str(out)]
-    assert main(argv) == 2
-    error = capsys.readouterr().err
+    error = refused_run(tmp_path, capsys, method, f"{key}={value}")
     assert f"{method}: {key}={value} " in error.replace(".0 ", " ") and valid in error, error
+
+
+def refused_run(tmp_path, capsys, method: str, assignment: str) -> str:
+    """`flowarena run --set ASSIGNMENT`'s stderr, after checking it exits 2 without a traceback
+    and without a run directory (so no status `diverged`)."""
+    out = tmp_path / "results"
+    assert main(["run", "--method", method, "--task", TASK, "--set", assignment, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
     assert "Traceback" not in error
-    assert not out.exists()  # no run directory, and so no status `diverged`
+    assert not out.exists()
+    return error
 
 
 def test_qam_fql_and_edit_together_are_refused_by_the_cli(tmp_path, capsys):
-    argv = [
-        "run",
-        "--method",
-        "qam-edit",
-        "--task",
-        TASK,
-        "--set",
-        "fql_alpha=10",
-        "--out",
-        str(tmp_path / "r"),
-    ]
-    assert main(argv) == 2
-    assert "cannot be combined" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
+    assert "cannot be combined" in refused_run(tmp_path, capsys, "qam-edit", "fql_alpha=10")
 
 
 def test_sweep_grid_set_and_toml_values_are_checked_at_planning(tmp_path, capsys):
@@ -142,17 +135,5 @@ def test_methods_lists_the_valid_values(capsys):
 
 def test_a_relative_value_is_checked_once_resolved(tmp_path, capsys):
     """`xF` multiplies the suite's per-domain value; the product must still be valid."""
-    argv = [
-        "run",
-        "--method",
-        "fql",
-        "--task",
-        TASK,
-        "--set",
-        "target_tau=x1000",
-        "--out",
-        str(tmp_path / "r"),
-    ]
-    assert main(argv) == 2
-    assert "target_tau takes a finite number in (0, 1]" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
+    error = refused_run(tmp_path, capsys, "fql", "target_tau=x1000")
+    assert "target_tau takes a finite number in (0, 1]" in error

@@ -83,7 +83,7 @@ def test_noisy_datagen_writes_an_ogbench_dataset_the_same_for_a_seed(tmp_path, c
 
 def test_a_missing_dataset_says_how_to_get_it_noisy_generated_stitch_downloaded(tmp_path):
     from harness.errors import UserError
-    from harness.run.data import dataset_files
+    from harness.run.sources.ogbench_source import dataset_files
 
     messages = {}
     for task in ("cube-double-noisy-singletask-task1-v0", "antmaze-large-stitch-singletask-task1-v0"):

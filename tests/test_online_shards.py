@@ -17,9 +17,10 @@ from conftest import TASK, run_args
 from harness.cli import main
 from harness.datagen import generate
 from harness.run import envs, online_phase, shards, train, trainer
-from harness.run.data import ReplayBuffer, load_transitions
+from harness.run.data import ReplayBuffer
 from harness.run.online import Explorer
 from harness.run.shards import OfflineData, swap_offline
+from harness.run.sources.ogbench_source import load_transitions
 
 SHARD_DIR = "cube-double-play-100m-v0"
 # Three shards of 50, 60 and 60 transitions: online swaps both of one size and of another.

@@ -1,6 +1,5 @@
 """The replay buffer and its chunked sequence sampler of docs/methods/qam.md (vectorised torch, on
-the training device). Datasets come from the task sources (harness/run/sources/); the OGBench
-loader's names are re-exported here, where they used to live.
+the training device). Datasets come from the task sources (harness/run/sources/).
 """
 
 from __future__ import annotations
@@ -13,14 +12,7 @@ import torch
 
 from algorithms.base import Batch, GeneratorStack
 from harness.run.envs import make_env as make_env  # re-exported: the harness's one way to make an env
-from harness.run.sources.base import ACTION_CLIP as ACTION_CLIP
 from harness.run.sources.base import FIELDS
-from harness.run.sources.ogbench_source import base_env_name as base_env_name
-from harness.run.sources.ogbench_source import dataset_files as dataset_files
-from harness.run.sources.ogbench_source import dataset_name as dataset_name
-from harness.run.sources.ogbench_source import default_dataset_dir as default_dataset_dir
-from harness.run.sources.ogbench_source import env_name as env_name
-from harness.run.sources.ogbench_source import load_transitions as load_transitions
 
 
 class ReplayBuffer:

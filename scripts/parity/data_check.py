@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.run.data import ReplayBuffer, dataset_name, load_transitions, make_env
+from harness.run.data import ReplayBuffer, make_env
+from harness.run.sources.ogbench_source import dataset_name, load_transitions
 
 FIELDS = ("observations", "actions", "rewards", "masks", "valid", "terminals", "next_observations")
 

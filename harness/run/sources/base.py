@@ -55,6 +55,11 @@ def hide_known_env_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*The DISPLAY environment variable is missing", module="glfw")
 
 
+def sparse_rewards(rewards: np.ndarray) -> np.ndarray:
+    """The sparse-reward rule of puzzle and scene: -1 where the reward is not 0, else 0 (float32)."""
+    return np.where(rewards != 0, -1.0, 0.0).astype(np.float32)
+
+
 def check_shapes(path: Path, data: Mapping[str, np.ndarray], env) -> None:
     obs_dim = env.observation_space.shape[-1]
     action_dim = env.action_space.shape[-1]

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import DataError, UserError
-from harness.run.sources.base import ACTION_CLIP, check_shapes, hide_known_env_warnings
+from harness.run.sources.base import ACTION_CLIP, check_shapes, hide_known_env_warnings, sparse_rewards
 from suites import d4rl
 
 CONTINUITY_TOLERANCE = 1e-6  # the authors' threshold on ||s'_i - s_{i+1}||
@@ -224,7 +224,7 @@ class MinariSource:
             data["obs"], data["actions"], data["rewards"], data["terminals"], data["next"], d4rl.family(task)
         )
         if sparse:
-            transitions["rewards"] = np.where(transitions["rewards"] != 0, -1.0, 0.0).astype(np.float32)
+            transitions["rewards"] = sparse_rewards(transitions["rewards"])
         check_shapes(path, transitions, env)
         return transitions
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import DataError, UserError
-from harness.run.sources.base import ACTION_CLIP, check_shapes, hide_known_env_warnings
+from harness.run.sources.base import ACTION_CLIP, check_shapes, hide_known_env_warnings, sparse_rewards
 
 
 def _task_parts(task: str) -> list[str]:
@@ -108,7 +108,7 @@ def load_transitions(path: Path, task: str, env, *, sparse: bool) -> dict[str, n
         ) from None
     rewards = data["rewards"].astype(np.float32)
     if sparse:
-        rewards = np.where(rewards != 0, -1.0, 0.0).astype(np.float32)
+        rewards = sparse_rewards(rewards)
     transitions = {
         "observations": data["observations"],
         "actions": np.clip(data["actions"], -ACTION_CLIP, ACTION_CLIP),
