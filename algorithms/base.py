@@ -20,6 +20,7 @@ the lone agents' states (networks, optimiser, generators).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from algorithms import precision as precisions
 from algorithms import values
 
 ACT_SEED_OFFSET = 1_000_003  # the acting generator of seed s starts from seed s + this
@@ -241,6 +243,8 @@ class Agent(nn.Module):
         self.target_tau = 0.0
         # In place of `gradient_step` when set (algorithms.compiled.use_compiled_update).
         self.compiled_update: Callable[[Batch], tuple[list[str], Tensor]] | None = None
+        # Precision of the products in `loss` and `act` (algorithms.precision.use_precision).
+        self.precision = precisions.DEFAULT
 
     # --- what a method implements -------------------------------------------------
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -292,6 +296,15 @@ class Agent(nn.Module):
         """The leading (*stack, B) shape of an observation tensor."""
         return tuple(obs.shape[:-1])
 
+    @contextlib.contextmanager
+    def computing(self) -> Iterator[None]:
+        """The scope of this agent's computations at its precision (algorithms/precision.py): the
+        harness acts inside it (`with agent.computing(): agent.act(obs)`); `update` runs in its
+        device settings and `gradient_step` runs the loss in its products' precision."""
+        with precisions.device_settings(self.precision, self.device):
+            with precisions.products(self.precision, self.device):
+                yield
+
     # --- the generic update -----------------------------------------------------------
     def update(self, batch: Batch) -> Metrics:
         """One gradient step. Returns its metrics as a mapping of floats (a list of floats per
@@ -301,10 +314,11 @@ class Agent(nn.Module):
         one compiled graph."""
         assert self.optimizer is not None, f"{type(self).__name__} never called setup_optimizer"
         self.optimizer.zero_grad(set_to_none=True)
-        if self.compiled_update is None:
-            names, values = self.gradient_step(batch)
-        else:
-            names, values = self.compiled_update(batch)
+        with precisions.device_settings(self.precision, self.device):
+            if self.compiled_update is None:
+                names, values = self.gradient_step(batch)
+            else:
+                names, values = self.compiled_update(batch)
         self._polyak_update()
         self.optimizer.step()
         return Metrics(names, values)
@@ -314,7 +328,8 @@ class Agent(nn.Module):
         values (len(names), *stack). With `draws` the loss takes its random numbers from them, in
         call order, instead of from the generators (how the compiled update runs this)."""
         _TAPE.replay, _TAPE.position = draws, 0
-        loss, metrics = self.loss(batch)
+        with precisions.products(self.precision, self.device):
+            loss, metrics = self.loss(batch)
         _TAPE.replay = None
         values = {name: torch.as_tensor(value).detach() for name, value in metrics.items()}
         total = loss.sum()

@@ -20,7 +20,7 @@ already, and torch's optimizer step breaks graphs on purpose.
 
 The first compiled call for each batch shape is checked against the eager update: the same state,
 batch and draws run eagerly too, and the two gradients must agree to MISMATCH_TOLERANCE of each
-parameter's largest gradient (float rounding gives about 1e-6 here). A compiler fault that gets
+parameter's largest gradient (float32 rounding gives about 1e-6 here; bf16 has its own tolerance). A compiler fault that gets
 the mathematics wrong (one was met: torch 2.13's Inductor mis-computed a critic's first-layer
 gradient by 1-3% when GELU's sigmoid form was differentiated by autograd) then costs one warning
 and the rest of the run eagerly, never a wrong run.
@@ -34,9 +34,12 @@ import torch
 from torch import Tensor
 
 from algorithms.base import _TAPE, Agent, Batch, PlannedDraw
+from algorithms.precision import COMPILED_TOLERANCE
 
 RECOMPILE_LIMIT = 256
-MISMATCH_TOLERANCE = 1e-3  # of a parameter's largest eager gradient
+# Of a parameter's largest eager gradient: float32 rounding gives about 1e-6; in bf16 the compiler
+# keeps some intermediates in float32 that the eager update rounds (algorithms/precision.py).
+MISMATCH_TOLERANCE = COMPILED_TOLERANCE
 MISMATCH_FLOOR = 1e-6  # absolute, for parameters whose gradient is zero up to rounding
 
 
@@ -91,7 +94,8 @@ class CompiledUpdate:
         for param in params:
             param.grad = None
         values = self._call(batch, draws)
-        mismatch = gradient_mismatch(eager_grads, [param.grad for param in params])
+        tolerance = MISMATCH_TOLERANCE[self.agent.precision]
+        mismatch = gradient_mismatch(eager_grads, [param.grad for param in params], tolerance)
         if mismatch is None:
             return values
         index, error = mismatch
@@ -99,7 +103,7 @@ class CompiledUpdate:
         warnings.warn(
             f"the compiled update of {self.agent.name} disagrees with the eager update: the gradient "
             f"of {param_names.get(id(params[index]), index)} differs by {error:.2g} of its largest entry "
-            f"(tolerance {MISMATCH_TOLERANCE:g}); a compiler fault, so this run goes on eagerly "
+            f"(tolerance {tolerance:g} in {self.agent.precision}); a compiler fault, so this run goes on eagerly "
             "(report it with your torch version)",
             CompiledUpdateMismatch,
             stacklevel=2,
@@ -110,9 +114,11 @@ class CompiledUpdate:
         return eager_values
 
 
-def gradient_mismatch(eager: list[Tensor | None], compiled: list[Tensor | None]) -> tuple[int, float] | None:
+def gradient_mismatch(
+    eager: list[Tensor | None], compiled: list[Tensor | None], tolerance: float = MISMATCH_TOLERANCE["fp32"]
+) -> tuple[int, float] | None:
     """The first parameter (its index and error relative to its largest eager gradient) whose
-    compiled gradient is off by more than MISMATCH_TOLERANCE of that, plus MISMATCH_FLOOR; None
+    compiled gradient is off by more than `tolerance` of that, plus MISMATCH_FLOOR; None
     when every gradient agrees. A gradient that is not finite in the eager update (a diverging
     run, which the harness stops by itself) says nothing about the compiler and is skipped."""
     for index, (want, got) in enumerate(zip(eager, compiled)):
@@ -124,7 +130,7 @@ def gradient_mismatch(eager: list[Tensor | None], compiled: list[Tensor | None])
             continue
         scale = want.abs().max().item()
         error = (got - want).abs().max().item()
-        if not error <= MISMATCH_TOLERANCE * scale + MISMATCH_FLOOR:  # NaN counts as a mismatch
+        if not error <= tolerance * scale + MISMATCH_FLOOR:  # NaN counts as a mismatch
             return index, error / scale if scale else float("inf")
     return None
 

@@ -140,6 +140,12 @@ class StackedLayerNorm(nn.Module):
         return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), weight)
 
 
+def _float32_out(x: Tensor) -> Tensor:
+    """A network's output in float32: under bf16 autocast (algorithms/precision.py) the products
+    inside are bfloat16, but what the losses and actions see is float32. A no-op in float32."""
+    return x.float()
+
+
 class MLP(nn.Module):
     """Linear -> GELU -> [LayerNorm] hidden layers and a linear output layer; with `norm_first`
     (and `layer_norm`) the hidden layers are Linear -> LayerNorm -> GELU instead.
@@ -183,7 +189,7 @@ class MLP(nn.Module):
                 x = gelu_tanh(x)
                 if self.layer_norm and not self.norm_first:
                     x = self.norms[i](x, frozen)
-        return x.reshape(*x.shape[:n_stack], *batch_shape, x.shape[-1]) if flatten else x
+        return _float32_out(x.reshape(*x.shape[:n_stack], *batch_shape, x.shape[-1]) if flatten else x)
 
 
 class VelocityField(nn.Module):
@@ -286,7 +292,7 @@ class NormFirstMLP(MLP):
                 if i < len(self.norms):
                     x = self.norms[i](x, frozen)
                 x = gelu_tanh(x)
-        return x.reshape(*x.shape[:n_stack], *batch_shape, x.shape[-1]) if flatten else x
+        return _float32_out(x.reshape(*x.shape[:n_stack], *batch_shape, x.shape[-1]) if flatten else x)
 
 
 # Flax's lecun_normal draws from a normal truncated at +-2 standard deviations and rescales it so

@@ -12,6 +12,8 @@ import pandas as pd
 
 from analysis.errors import AnalysisError
 
+DEFAULT_PRECISION = "fp32"
+PUBLISHED_PRECISION = "as published"
 REQUIRED_COLUMNS = ("method", "variant", "task", "seed", "phase", "step", "success")
 PHASES = ("offline", "online")
 PUBLISHED = "published"
@@ -285,6 +287,7 @@ def _standardize(records: pd.DataFrame, *, source: str, default_sweep: str) -> p
     out["sweep"] = out["sweep"].astype(str) if "sweep" in out else default_sweep
     out["domain"] = out["domain"].astype(str) if "domain" in out else out["task"].map(domain_of)
     out["eval_params"] = out["eval_params"].fillna("").astype(str) if "eval_params" in out else ""
+    out["precision"] = _precision(out, source)
     out["seed"] = out["seed"].astype(np.int64)
     out["step"] = out["step"].astype(np.int64)
     out["success"] = out["success"].astype(float)
@@ -294,6 +297,15 @@ def _standardize(records: pd.DataFrame, *, source: str, default_sweep: str) -> p
         raise AnalysisError(f"unknown phase(s) {bad_phase} in the records; expected offline or online")
     _check_unique(out)
     return out
+
+
+def _precision(records: pd.DataFrame, source: str) -> pd.Series | str:
+    """Each row's precision of products: records from before the setting are fp32 (the variant
+    names any other, `fql@bf16`); published results are what their authors' hardware computed."""
+    default = PUBLISHED_PRECISION if source == PUBLISHED else DEFAULT_PRECISION
+    if "precision" not in records:
+        return default
+    return records["precision"].fillna(default).astype(str)
 
 
 def _check_unique(records: pd.DataFrame) -> None:

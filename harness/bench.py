@@ -2,6 +2,7 @@
 
     flowarena bench --method qam [--config paper|medium|small] [--compile auto|on|off|both] [--seeds 1] [--json]
     flowarena bench --method all --config medium --eval-episodes 0     # one table, every method
+    flowarena bench --method all --config paper --precision fp32,bf16  # bf16 beside float32
 
 Measures, for the method's update at a fixed network and batch configuration:
 
@@ -16,8 +17,12 @@ Measures, for the method's update at a fixed network and batch configuration:
   does on this device: on for a CPU), the time of the first update, which plans its draws and compiles it, less a
   compiled update's time; `both` times the eager and the compiled update back to back, taking
   turns in every round
-- peak GFLOP/s: one large float32 matrix product on the same device (its practical peak), and each
-  update's GFLOP/s as a share of it
+- peak GFLOP/s: one large matrix product on the same device in each precision (its practical
+  peak: float32, or bfloat16 matrices for bf16), and each update's GFLOP/s as a share of it
+- `--precision fp32,bf16`: every figure in each precision (algorithms/precision.py), the paths
+  taking turns in every round; the first precision gives the main columns, the others a column of
+  updates/s, their speed-up over the first and their share of their own peak. A precision the device
+  cannot compute (bf16 without bfloat16 units) is refused before anything is timed
 - sampler batches/s: the replay buffer's chunk sampler alone
 - evaluation episodes/s: `--eval-episodes` episodes of a real OGBench task (`--eval-task`) with
   the untrained policy, `--eval-envs` environments in lockstep, one batched policy call per chunk
@@ -46,10 +51,14 @@ from typing import Any
 
 from harness.bench_table import format_result, format_table
 from harness.errors import UserError
+from harness.run.precision import check_device
+from harness.run.precision import check_name as check_precision
 from harness.timing import (
     TrainingStep,
     _rate,
+    path_label,
     peak_gflops,
+    precision_figures,
     synthetic_buffer,
     time_alternately,
     update_flops,
@@ -81,12 +90,18 @@ class BenchSettings:
     threads: int | None = None
     overrides: dict[str, str] = dataclasses.field(default_factory=dict)
     compile: str = "auto"  # auto (= on, as a full-length run), on, off, or both back to back
+    # products' precisions timed back to back (algorithms/precision.py); the first is the table's main
+    precisions: tuple[str, ...] = ("fp32",)
 
     def validate(self) -> None:
         if self.config not in CONFIGS:
             raise UserError(f"--config must be one of {', '.join(CONFIGS)}, got {self.config!r}")
         if self.compile not in BENCH_COMPILE:
             raise UserError(f"--compile must be one of {', '.join(BENCH_COMPILE)}, got {self.compile!r}")
+        if not self.precisions or len(set(self.precisions)) != len(self.precisions):
+            raise UserError(f"--precision takes distinct precisions, got {','.join(self.precisions)!r}")
+        for precision in self.precisions:
+            check_precision(precision)
         minimums = {
             "steps": 1,
             "warmup": 0,
@@ -128,11 +143,13 @@ def compile_modes(choice: str, device: Any) -> list[bool]:
 
 
 def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    """updates/s (eager and/or compiled), compile time, GFLOP/s and sampler batches/s at the
-    paper's shapes."""
+    """updates/s (eager and/or compiled, in each of `settings.precisions`), compile time, GFLOP/s
+    and sampler batches/s at the paper's shapes. The top-level figures are the first precision's;
+    `by_precision` holds every precision's."""
     from algorithms import registry
     from algorithms.base import EnvSpec
     from algorithms.compiled import use_compiled_update
+    from algorithms.precision import use_precision
 
     method = registry.get(settings.method)
     config = bench_config(method, settings.config, settings.overrides)
@@ -141,34 +158,42 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
     stack = () if settings.seeds == 1 else (settings.seeds,)
     buffer = synthetic_buffer(spec, device=device)
 
-    def make_agent() -> Any:
-        return registry.create(method, spec, config, device=device, seed=seeds)
+    def make_agent(precision: str) -> Any:
+        agent = registry.create(method, spec, config, device=device, seed=seeds)
+        use_precision(agent, precision)
+        return agent
 
-    eager = make_agent()
-    n_params = sum(p.numel() for p in eager.parameters() if p.requires_grad)
+    counted = make_agent(settings.precisions[0])
+    n_params = sum(p.numel() for p in counted.parameters() if p.requires_grad)
     say(f"{method.name}: {n_params / 1e6:.2f}M trainable parameters, batch {config.batch_size}, {device}")
     steppers = {}
-    for compiled in compile_modes(settings.compile, device):
-        agent = make_agent() if compiled else eager
-        if compiled:
-            use_compiled_update(agent)
-            say("compiling the update (minutes on a few CPU cores the first time, seconds from the cache)")
-        steppers[compiled] = TrainingStep(agent, buffer, config.batch_size, stack, settings.seeds, device)
-        for _ in range(settings.warmup):
-            steppers[compiled]()
-    timings = time_alternately(steppers, settings.steps, settings.repeats, device, say)
-    flops = update_flops(eager, buffer.sample(config.batch_size, stack=stack))
+    for precision in settings.precisions:
+        for compiled in compile_modes(settings.compile, device):
+            agent = make_agent(precision)
+            if compiled:
+                use_compiled_update(agent)
+                say(
+                    f"compiling the {precision} update (minutes on a few CPU cores the first time, seconds from the cache)"
+                )
+            steppers[precision, compiled] = step = TrainingStep(
+                agent, buffer, config.batch_size, stack, settings.seeds, device
+            )
+            for _ in range(settings.warmup):
+                step()
+    timings = time_alternately(steppers, settings.steps, settings.repeats, device, say, label=path_label)
+    flops = update_flops(counted, buffer.sample(config.batch_size, stack=stack))
     sampler_rate = None
     if settings.sampler_batches:
         say(f"timing {settings.sampler_batches} sampler batches")
         sampler_rate = _rate(
             settings.sampler_batches, lambda: buffer.sample(config.batch_size, stack=stack), device
         )
-    main = timings[True] if True in timings else timings[False]
-    result = {
+    by_precision = {p: precision_figures(timings, p, flops, settings.seeds) for p in settings.precisions}
+    return {
         "method": method.name,
         "config": settings.config,
-        "compiled": True in timings,
+        "precision": settings.precisions[0],
+        "compiled": (settings.precisions[0], True) in timings,
         "hidden_dims": list(getattr(config, "hidden_dims", [])),
         "num_critics": getattr(config, "num_critics", None),
         "batch_size": config.batch_size,
@@ -178,24 +203,18 @@ def bench_training(settings: BenchSettings, device: Any, say: Callable[[str], No
         "steps": settings.steps,
         "warmup": settings.warmup,
         "repeats": settings.repeats,
-        "updates_per_s": main["updates_per_s"],
-        "seed_updates_per_s": main["updates_per_s"] * settings.seeds,
-        "ms_per_update": 1000.0 / main["updates_per_s"],
-        "compile_s": main["compile_s"] if True in timings else None,
+        **by_precision[settings.precisions[0]],
         "gflop_per_update": flops / 1e9,
-        "gflop_per_s": flops * main["updates_per_s"] / 1e9,
         "sampler_batches_per_s": sampler_rate,
+        "by_precision": by_precision,
     }
-    if len(timings) == 2:
-        result["eager_updates_per_s"] = timings[False]["updates_per_s"]
-        result["compiled_speedup"] = timings[True]["updates_per_s"] / timings[False]["updates_per_s"]
-    return result
 
 
 def bench_evaluation(settings: BenchSettings, device: Any, say: Callable[[str], None]) -> dict[str, Any]:
     """Evaluation episodes/s on a real task with the untrained policy."""
     import suites
     from algorithms import registry
+    from algorithms.precision import use_precision
     from harness.run.envs import make_env, make_eval_envs
     from harness.run.evaluate import default_eval_envs, episode_seeds, evaluate
     from harness.run.trainer import env_spec_of
@@ -208,6 +227,7 @@ def bench_evaluation(settings: BenchSettings, device: Any, say: Callable[[str], 
     method = registry.get(settings.method)
     config = bench_config(method, settings.config, settings.overrides)
     agent = registry.create(method, spec, config, device=device, seed=0)
+    use_precision(agent, settings.precisions[0])
     agent.eval()
     workers = settings.eval_workers
     say(f"evaluating {episodes} episodes of {task.task} on {n_envs} environment(s), {workers} worker(s)")
@@ -246,16 +266,18 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> list[dict[st
         torch.set_num_threads(settings.threads)
     try:
         device = pick_device(settings.device)
-        peak = peak_gflops(device)
+        for precision in settings.precisions:
+            check_device(precision, device)
+        peaks = {precision: peak_gflops(device, precision) for precision in settings.precisions}
         return [
-            _measure(dataclasses.replace(settings, method=method), device, peak, progress)
+            _measure(dataclasses.replace(settings, method=method), device, peaks, progress)
             for method in methods
         ]
     finally:
         torch.set_num_threads(threads)
 
 
-def _measure(settings: BenchSettings, device: Any, peak: float, progress: bool) -> dict[str, Any]:
+def _measure(settings: BenchSettings, device: Any, peaks: dict[str, float], progress: bool) -> dict[str, Any]:
     import torch
 
     def say(message: str) -> None:
@@ -271,8 +293,13 @@ def _measure(settings: BenchSettings, device: Any, peak: float, progress: bool) 
         "load_average_1m": load[0],
     }
     result.update(bench_training(settings, device, say))
-    result["peak_gflop_per_s"] = peak
-    result["peak_share"] = result["gflop_per_s"] / peak
+    for precision, figures in result["by_precision"].items():
+        figures["peak_gflop_per_s"] = peaks[precision]
+        figures["peak_share"] = figures["gflop_per_s"] / peaks[precision]
+    result.update(
+        peak_gflop_per_s=peaks[result["precision"]],
+        peak_share=result["by_precision"][result["precision"]]["peak_share"],
+    )
     if settings.eval_episodes:
         result.update(bench_evaluation(settings, device, say))
     return result
@@ -297,6 +324,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         overrides=parse_assignments(args.set, "--set"),
         compile=args.compile,
+        precisions=tuple(p.strip() for p in args.precision.split(",")),
     )
     results = run_bench(settings, progress=not args.no_progress)
     if args.json:
@@ -330,6 +358,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=BENCH_COMPILE,
         help="time the compiled update (on), the eager one (off), both back to back, or auto (the "
         "default): the one a full-length run on this device uses",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        metavar="P[,P...]",
+        help="precision of the products: fp32 (default), tf32 or bf16, or several back to back "
+        "(fp32,bf16: the first is the main column, the others are compared with it)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--steps", type=int, default=20, help="timed updates (default 20)")

@@ -27,6 +27,7 @@ from harness.args import (
 )
 from harness.errors import StorageError, UserError
 from harness.run.compile import add_compile_flag
+from harness.run.precision import add_precision_flag, check_here
 from harness.sweep import cli as sweep_cli
 
 
@@ -43,6 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness.run.spec import RunSpec, method_protocol
     from harness.run.trackers import check_installed
+    from harness.run.trainer import pick_device
 
     suite = suites.get_suite(args.suite)
     notice = suite.settings_for(args.task)[1]  # a task outside the suite: which settings it runs with
@@ -68,7 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         eval_workers=args.eval_workers or 0,
         loggers=loggers,
         compile=args.compile,
+        precision=args.precision,
     )
+    check_here(spec.precision, pick_device(spec.device))  # before any directory is made
     if args.online_steps is None and spec.budget.online_steps > 0:
         print(online_default_note(suite.name, spec.budget.online_steps), file=sys.stderr)
     specs = (
@@ -137,6 +141,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_logger_flag(p)
     add_compile_flag(p)
+    add_precision_flag(p)
     add_budget_flags(p)
     p.set_defaults(func=cmd_run)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.progress import Progress, progress_bar
 from harness.run.compile import add_compile_flag
+from harness.run.precision import add_precision_flag, check_here
 
 QUICK_TASK = "cube-double-play-singletask-task1-v0"
 QUICK = {"steps": 300, "eval_episodes": 3, "episodes": 30, "episode_length": 200}
@@ -35,6 +36,9 @@ STATUS_POLL_S = 5.0  # how often the step bar reads the runs' status.json
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from harness.run.trainer import pick_device
+
+    check_here(args.precision, pick_device(args.device))  # before any data is made
     return quick_demo(args) if args.quick else learning_demo(args)
 
 
@@ -90,6 +94,7 @@ def _demo_plan(args: argparse.Namespace):
         dataset_dir=args.dataset_dir,
         device=args.device,
         compile=args.compile or demo.DEMO_COMPILE,
+        precision=args.precision,
         executor=ExecutorOptions(),
     )
     return make_plan(spec)
@@ -195,6 +200,7 @@ def quick_demo(args: argparse.Namespace) -> int:
             budget=budget,
             device=args.device,
             compile=args.compile or "auto",
+            precision=args.precision,
         )
         states[method] = run(spec, progress=not args.no_progress)
     print(demo_table(Path(args.out) / "demo-quick"))
@@ -364,5 +370,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         default_text=f"{demo.DEMO_COMPILE}; --quick: auto, which leaves its 300-step runs eager",
     )
+    add_precision_flag(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -77,14 +77,22 @@ def update_flops(agent: Any, batch: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def peak_gflops(device: Any, size: int = PEAK_MATMUL_SIZE, repeats: int = 5) -> float:
-    """GFLOP/s of one large float32 matrix product here: the device's practical peak."""
+def peak_gflops(
+    device: Any, precision: str = "fp32", size: int = PEAK_MATMUL_SIZE, repeats: int = 5
+) -> float:
+    """GFLOP/s of one large matrix product here in `precision` (algorithms/precision.py): the
+    device's practical peak. bf16 multiplies bfloat16 matrices, tf32 float32 ones under the process's
+    TF32 setting (float32 on a CPU)."""
     import torch
 
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b  # warm-up
-    rate = _rate(repeats, lambda: a @ b, device)
+    from algorithms import precision as precisions
+
+    dtype = getattr(torch, precisions.AUTOCAST_DTYPES.get(precision, "float32"))
+    with precisions.device_settings(precision, device):
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        a @ b  # warm-up
+        rate = _rate(repeats, lambda: a @ b, device)
     return 2 * size**3 * rate / 1e9
 
 
@@ -115,20 +123,49 @@ class TrainingStep:
 
 
 def time_alternately(
-    steppers: dict[bool, TrainingStep], steps: int, repeats: int, device: Any, say: Callable[[str], None]
-) -> dict[bool, dict[str, float]]:
-    """updates/s of each path (False: eager, True: compiled), best of `repeats` rounds of
-    `steps` updates, the paths taking turns in every round so that a busy machine slows both
-    alike; and each path's extra time at its first update (compile_s)."""
-    rates: dict[bool, list[float]] = {compiled: [] for compiled in steppers}
+    steppers: dict[Any, TrainingStep],
+    steps: int,
+    repeats: int,
+    device: Any,
+    say: Callable[[str], None],
+    label: Callable[[Any], str] = str,
+) -> dict[Any, dict[str, float]]:
+    """updates/s of each path (keyed as in `steppers`, e.g. (precision, compiled)), best of `repeats`
+    rounds of `steps` updates, the paths taking turns in every round so that a busy machine slows
+    them alike; and each path's extra time at its first update (compile_s)."""
+    rates: dict[Any, list[float]] = {key: [] for key in steppers}
     for round_index in range(repeats):
-        for compiled, step in steppers.items():
-            path = "compiled" if compiled else "eager"
-            say(f"timing {steps} {path} updates (round {round_index + 1}/{repeats})")
-            rates[compiled].append(_rate(steps, step, device))
-            say(f"{rates[compiled][-1]:.3g} {path} updates/s")
+        for key, step in steppers.items():
+            say(f"timing {steps} {label(key)} updates (round {round_index + 1}/{repeats})")
+            rates[key].append(_rate(steps, step, device))
+            say(f"{rates[key][-1]:.3g} {label(key)} updates/s")
     timings = {}
-    for compiled, step in steppers.items():
-        best = max(rates[compiled])
-        timings[compiled] = {"updates_per_s": best, "compile_s": max(0.0, step.first_s - 1.0 / best)}
+    for key, step in steppers.items():
+        best = max(rates[key])
+        timings[key] = {"updates_per_s": best, "compile_s": max(0.0, step.first_s - 1.0 / best)}
     return timings
+
+
+def path_label(key: tuple[str, bool]) -> str:
+    precision, compiled = key
+    return f"{precision} {'compiled' if compiled else 'eager'}"
+
+
+def precision_figures(
+    timings: dict[Any, dict[str, float]], precision: str, flops: float, seeds: int
+) -> dict[str, Any]:
+    """One precision's updates/s (its compiled update's when timed), ms, GFLOP/s and, with both
+    paths timed, the eager rate and the compiled speed-up."""
+    compiled = (precision, True) in timings
+    main = timings[precision, compiled]
+    figures = {
+        "updates_per_s": main["updates_per_s"],
+        "seed_updates_per_s": main["updates_per_s"] * seeds,
+        "ms_per_update": 1000.0 / main["updates_per_s"],
+        "compile_s": main["compile_s"] if compiled else None,
+        "gflop_per_s": flops * main["updates_per_s"] / 1e9,
+    }
+    if compiled and (precision, False) in timings:
+        eager = timings[precision, False]["updates_per_s"]
+        figures.update(eager_updates_per_s=eager, compiled_speedup=main["updates_per_s"] / eager)
+    return figures

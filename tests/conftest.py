@@ -46,6 +46,7 @@ NUMERICS_MODULES = {
     "test_fql",
     "test_ifql",
     "test_nets",
+    "test_precision",
     "test_qam",
     "test_qam_adjoint",
     "test_qgf",

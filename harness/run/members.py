@@ -78,6 +78,7 @@ class Member:
             "variant": resolved.variant,
             "task": resolved.task.task,
             "seed": self.seed,
+            "precision": resolved.spec.precision,
         }
 
     def flush_train_rows(self) -> None:

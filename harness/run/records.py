@@ -47,6 +47,7 @@ EVAL_COLUMNS = [
     "n_episodes",
     "eval_params",
     "wall_time_s",
+    "precision",  # of the products (harness/run/precision.py); absent in records from before: fp32
 ]
 EVAL_DTYPES = {
     "seed": "int64",

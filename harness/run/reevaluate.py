@@ -27,6 +27,8 @@ from harness.run.checkpoint import CHECKPOINT_FORMAT
 from harness.run.envs import make_env, make_eval_envs
 from harness.run.evaluate import default_eval_envs
 from harness.run.grid import eval_rows, evaluate_grid
+from harness.run.precision import apply as apply_precision
+from harness.run.precision import recorded_precision
 from harness.run.spec import check_eval_params, eval_setting
 from harness.run.trainer import env_spec_of, pick_device
 
@@ -69,7 +71,7 @@ class LoadedRun:
 
     def row_keys(self) -> dict[str, Any]:
         keys = {name: self.spec[name] for name in ("sweep", "method", "variant", "task", "domain", "seed")}
-        return {**keys, "phase": self.phase}
+        return {**keys, "precision": recorded_precision(self.spec), "phase": self.phase}
 
     def evaluate(self, grid: list[dict[str, float]], episodes: int) -> list[dict[str, Any]]:
         """evals rows of the checkpoint for every setting of `grid`, on as many environments as
@@ -167,6 +169,7 @@ def load_run(path: str | Path, grid: list[dict[str, float]], *, device: str = "a
     env = make_env(task.task)
     env_spec = env_spec_of(env, task)
     agent = registry.create(method, env_spec, config, device=torch_device, seed=spec["seed"])
+    apply_precision(agent, recorded_precision(spec))
     checkpoint = _load_checkpoint(run_dir.ckpt_path)
     try:
         agent.load_state_dict(checkpoint["agent"])

@@ -17,6 +17,8 @@ from harness.errors import UserError
 from harness.run import records
 from harness.run.compile import check_choice, compile_record, wants_compile
 from harness.run.evaluate import DEFAULT_EVAL_ENVS
+from harness.run.precision import check_name as check_precision
+from harness.run.precision import recorded_precision, with_precision
 
 
 @dataclass
@@ -88,6 +90,8 @@ class RunSpec:
     loggers: list[str] = field(default_factory=list)
     # `--compile auto|on|off` (harness/run/compile.py): changes speed only, so not identity either.
     compile: str = "auto"
+    # `--precision fp32|tf32|bf16` (harness/run/precision.py): part of the run's identity and variant.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -121,6 +125,7 @@ class ResolvedRun:
             "eval_params": self.spec.eval_params,
             "dataset_dir": self.spec.dataset_dir,
             "compile": compile_record(self.spec.compile, self.compiled),
+            "precision": self.spec.precision,
             "code_version": records.code_version(),
             "packages": records.package_versions(),
         }
@@ -149,7 +154,22 @@ def method_protocol(method: str | registry.Method) -> dict[str, Any]:
     return protocol
 
 
-IDENTITY_KEYS = ("method", "variant", "task", "seed", "config", "task_settings", "budget", "eval_params")
+IDENTITY_KEYS = (
+    "method",
+    "variant",
+    "task",
+    "seed",
+    "config",
+    "task_settings",
+    "budget",
+    "eval_params",
+    "precision",
+)
+
+
+def identity(record: dict[str, Any]) -> dict[str, Any]:
+    """A spec.json's identity keys; a spec.json from before `precision` existed is fp32."""
+    return {**{k: record.get(k) for k in IDENTITY_KEYS}, "precision": recorded_precision(record)}
 
 
 def _jsonable(value: Any) -> Any:
@@ -186,6 +206,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     """Method, config and task settings of a run; raises UserError on bad input."""
     spec.budget.validate()
     check_choice(spec.compile)
+    check_precision(spec.precision)
     method = registry.get(spec.method)
     suite = suites.get_suite(spec.suite)
     task = suite.settings_for(spec.task)[0]  # an OGBench task outside the suite: suites/defaults.py
@@ -197,7 +218,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     config = dataclasses.replace(base, **user, **relative)
     changed = {k: v for k, v in user.items() if getattr(base, k) != v or k in spec.variant_keys}
     changed.update({k: str(spec.overrides[k]).strip().lower() for k in relative})  # named as given: xF
-    variant = variant_name(method.name, changed)
+    variant = with_precision(variant_name(method.name, changed), spec.precision)
     if not spec.eval_params:  # the suite's evaluation-time settings for the method (QGF: 9 weights)
         spec = dataclasses.replace(spec, eval_params=suite.method_eval_params(method.name))
     check_eval_params(method, spec.eval_params)
@@ -261,9 +282,9 @@ def check_eval_params(method: registry.Method, grid: list[dict[str, float]]) -> 
 
 
 def check_same_run(run_dir: records.RunDir, resolved: ResolvedRun) -> None:
-    saved = run_dir.read_spec()
-    wanted = resolved.record_spec()
-    differing = [k for k in IDENTITY_KEYS if saved.get(k) != wanted.get(k)]
+    saved = identity(run_dir.read_spec())
+    wanted = identity(resolved.record_spec())
+    differing = [k for k in IDENTITY_KEYS if saved[k] != wanted[k]]
     if differing:
         raise UserError(
             f"{run_dir.path} holds a run with a different {identity_difference(saved, wanted, differing)}; "
@@ -280,4 +301,6 @@ def identity_difference(saved: dict[str, Any], wanted: dict[str, Any], differing
         new = {"balanced_sampling": False, **wanted["budget"]}
         fields = [f"{k} {old.get(k)} there, {v} here" for k, v in new.items() if old.get(k) != v]
         text += f" ({'; '.join(fields)})" if fields else ""
+    if "precision" in differing:
+        text += f" ({saved['precision']} there, {wanted['precision']} here)"
     return text

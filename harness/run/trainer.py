@@ -30,6 +30,8 @@ from harness.run.heartbeat import Heartbeat
 from harness.run.members import DIVERGENCE_CHECK_INTERVAL, DivergenceTracker, Member, member_metrics
 from harness.run.online import ExplorerGroup
 from harness.run.online_phase import OnlinePhase
+from harness.run.precision import apply as apply_precision
+from harness.run.precision import check_device
 from harness.run.shards import OfflineData, swap_offline
 from harness.run.spec import ResolvedRun
 from harness.run.stop import stop_requested
@@ -86,6 +88,7 @@ class Trainer(OnlinePhase, Checkpoints):
         spec, task = self.resolved.spec, self.resolved.task
         self.budget = spec.budget
         self.device = pick_device(spec.device)
+        check_device(spec.precision, self.device)  # before the data loads
         self.env = make_env(task.task)
         self.data = OfflineData(
             task.task, spec.dataset_dir, self.env, sparse=task.sparse, shard_dir=task.shard_dir
@@ -127,6 +130,7 @@ class Trainer(OnlinePhase, Checkpoints):
             seed=seeds,
             state=state,
         )
+        apply_precision(agent, self.resolved.spec.precision)
         if self.resolved.compiled:
             use_compiled_update(agent)
         return agent

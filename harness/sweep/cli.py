@@ -14,6 +14,7 @@ import suites
 from harness.args import add_budget_flags, add_logger_flag, parse_loggers, parse_seeds
 from harness.errors import UserError
 from harness.run.compile import add_compile_flag
+from harness.run.precision import add_precision_flag, check_here
 from harness.sweep import seeds
 from harness.sweep.collect import collect
 from harness.sweep.options import ExecutorOptions
@@ -97,6 +98,7 @@ def _add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     add_budget_flags(p)
     add_logger_flag(p)
     add_compile_flag(p, default=None)
+    add_precision_flag(p, default=None)
     _add_executor_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and an estimate; write nothing")
     p.add_argument("--steps-per-second", type=float, metavar="S", help="one GPU's throughput, for --dry-run")
@@ -156,6 +158,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe_plan(plan, args.steps_per_second))
         return 0
+    if spec.executor.kind == "local":  # a cluster's nodes check their own devices
+        from harness.run.trainer import pick_device
+
+        check_here(spec.precision, pick_device(spec.device))
     from harness.sweep.launch import run_sweep  # submitit: imported only to run
 
     return run_sweep(plan, wait=not args.no_wait, poll_s=args.poll, progress=not args.no_progress)
@@ -182,7 +188,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     """The TOML spec (if given) with the flags on top; validated, but no method or task resolved yet."""
     spec = spec_from_toml(Path(args.spec)) if args.spec else SweepSpec(name="", methods=[])
-    for name in ("name", "suite", "out", "dataset_dir", "device", "preset", "eval_workers", "compile"):
+    for name in (
+        "name",
+        "suite",
+        "out",
+        "dataset_dir",
+        "device",
+        "preset",
+        "eval_workers",
+        "compile",
+        "precision",
+    ):
         if getattr(args, name) is not None:
             setattr(spec, name, getattr(args, name))
     if args.methods is not None:

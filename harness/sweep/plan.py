@@ -229,6 +229,7 @@ def _task_runs(
         eval_workers=spec.eval_workers,
         loggers=list(spec.loggers),
         compile=spec.compile,
+        precision=spec.precision,
         eval_params=method_eval_params(spec, method),
         variant_keys=sorted(overrides),  # one variant name on every task, even where a value is the suite's
     )
@@ -249,11 +250,11 @@ def _task_runs(
 
 
 def _check_identity(run_dir: records.RunDir, wanted: dict[str, Any]) -> None:
-    from harness.run.spec import IDENTITY_KEYS, identity_difference
+    from harness.run.spec import IDENTITY_KEYS, identity, identity_difference
 
-    saved = run_dir.read_spec()
-    wanted = json.loads(json.dumps({k: wanted.get(k) for k in IDENTITY_KEYS}))
-    differing = [k for k in IDENTITY_KEYS if saved.get(k) != wanted.get(k)]
+    saved = identity(run_dir.read_spec())
+    wanted = json.loads(json.dumps(identity(wanted)))
+    differing = [k for k in IDENTITY_KEYS if saved[k] != wanted[k]]
     if differing:
         raise UserError(
             f"{run_dir.path} holds a run with a different {identity_difference(saved, wanted, differing)}; "

@@ -12,6 +12,7 @@ from typing import Any
 import suites
 from harness.errors import UserError
 from harness.run.compile import check_choice as check_compile_choice
+from harness.run.precision import check_name as check_precision
 from harness.sweep.options import ExecutorOptions
 from suites.ogbench import sensitivity_tasks
 
@@ -118,6 +119,7 @@ class SweepSpec:
     eval_workers: int = 0  # worker processes stepping each run's evaluation environments
     loggers: list[str] = field(default_factory=list)  # experiment trackers of every run (--logger)
     compile: str = "auto"  # --compile of every run (harness/run/compile.py)
+    precision: str = "fp32"  # --precision of every run (harness/run/precision.py)
     executor: ExecutorOptions = field(default_factory=ExecutorOptions)
 
     @property
@@ -197,6 +199,7 @@ def validate_spec(spec: SweepSpec) -> None:
     if not isinstance(spec.eval_workers, int) or isinstance(spec.eval_workers, bool) or spec.eval_workers < 0:
         raise UserError(f"--eval-workers must be an integer >= 0, got {spec.eval_workers!r}")
     check_compile_choice(spec.compile)
+    check_precision(spec.precision)
     for method, keys in spec.overrides.items():
         both = [k for k in keys if k in spec.grid.get(method, {})]
         if both:

@@ -11,6 +11,7 @@ dataset_dir = "/data/ogbench"
 device = "auto"
 loggers = ["tensorboard"]         # experiment trackers: tensorboard, wandb (default: none)
 compile = "auto"                  # compiled updates: auto, on, off (harness/run/compile.py)
+precision = "fp32"                # products: fp32, tf32, bf16 (harness/run/precision.py)
 
 [budget]                          # any harness.run.spec.Budget field; default: the suite's
 offline_steps = 1000000
@@ -59,6 +60,7 @@ SPEC_KEYS = (
     "eval_workers",
     "loggers",
     "compile",
+    "precision",
     "budget",
     "set",
     "grid",
@@ -152,6 +154,7 @@ def spec_from_toml(path: Path) -> SweepSpec:
         eval_workers=data.get("eval_workers", 0),
         loggers=parse_loggers(loggers),
         compile=data.get("compile", "auto"),
+        precision=data.get("precision", "fp32"),
         preset=data.get("preset"),
         executor=ExecutorOptions(**executor),
     )
