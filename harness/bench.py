@@ -51,7 +51,7 @@ from typing import Any
 
 from harness.bench_table import format_result, format_table
 from harness.errors import UserError
-from harness.run.precision import check_device
+from harness.run.precision import check_here
 from harness.run.precision import check_name as check_precision
 from harness.timing import (
     TrainingStep,
@@ -267,7 +267,9 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> list[dict[st
     try:
         device = pick_device(settings.device)
         for precision in settings.precisions:
-            check_device(precision, device)
+            said = check_here(precision, device)
+            if said and progress:
+                print(f"bench: {said}", file=sys.stderr, flush=True)
         peaks = {precision: peak_gflops(device, precision) for precision in settings.precisions}
         return [
             _measure(dataclasses.replace(settings, method=method), device, peaks, progress)

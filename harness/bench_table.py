@@ -52,6 +52,7 @@ TABLE_COLUMNS = (
     ("method", "method", "{}"),
     ("config", "config", "{}"),
     ("update", "compiled", "{}"),
+    ("precision", "precision", "{}"),
     ("seeds", "seeds", "{}"),
     ("updates/s", "updates_per_s", "{:.3g}"),
     ("seed-updates/s", "seed_updates_per_s", "{:.3g}"),
@@ -86,7 +87,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         for _, key, fmt in columns:
             value = _cell(result, key)
             if key == "compiled":
-                value = f"{result['precision']} {'compiled' if value else 'eager'}"
+                value = "compiled" if value else "eager"
             cells.append("" if value is None else fmt.format(value))
         rows.append("| " + " | ".join(cells) + " |")
     first = results[0]

@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         compile=args.compile,
         precision=args.precision,
     )
-    check_here(spec.precision, pick_device(spec.device))  # before any directory is made
+    check_here(spec.precision, pick_device(spec.device))  # before any directory is made (the run says it)
     if args.online_steps is None and spec.budget.online_steps > 0:
         print(online_default_note(suite.name, spec.budget.online_steps), file=sys.stderr)
     specs = (

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +39,9 @@ STATUS_POLL_S = 5.0  # how often the step bar reads the runs' status.json
 def cmd_demo(args: argparse.Namespace) -> int:
     from harness.run.trainer import pick_device
 
-    check_here(args.precision, pick_device(args.device))  # before any data is made
+    said = check_here(args.precision, pick_device(args.device))  # before any data is made
+    if said:
+        print(said, file=sys.stderr)
     return quick_demo(args) if args.quick else learning_demo(args)
 
 

@@ -58,7 +58,7 @@ def test_bench_of_stacked_seeds_counts_seed_updates(capsys):
     result = json.loads(captured.out)
     assert result["seeds"] == 3 and "eval_episodes_per_s" not in result
     assert result["seed_updates_per_s"] == pytest.approx(3 * result["updates_per_s"])
-    assert "bench: timing 2 eager updates" in captured.err  # progress goes to stderr
+    assert "bench: timing 2 fp32 eager updates" in captured.err  # progress goes to stderr
 
 
 def test_paper_config_is_the_methods_defaults():
@@ -96,10 +96,10 @@ def test_bench_of_every_method_prints_one_table(capsys, monkeypatch):
     monkeypatch.setattr(registry, "names", lambda: ["fql", "qgf"])  # two stand for all, to keep it short
     assert main(["bench", "--method", "all", *TINY_BENCH, "--eval-episodes", "0", "--no-progress"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| method | config | update | seeds | updates/s |")
+    assert lines[0].startswith("| method | config | update | precision | seeds | updates/s |")
     rows = [line for line in lines[2:] if line.startswith("|")]
     assert [row.split("|")[1].strip() for row in rows] == ["fql", "qgf"]
-    assert all(row.split("|")[3].strip() == "eager" for row in rows)
+    assert all(row.split("|")[3].strip() == "eager" and row.split("|")[4].strip() == "fp32" for row in rows)
 
 
 def test_medium_config_is_three_by_256():

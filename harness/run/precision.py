@@ -44,14 +44,11 @@ def check_device(precision: str, device: Any) -> None:
         raise UserError(str(error)) from None
 
 
-def check_here(precision: str, device: Any) -> None:
+def check_here(precision: str, device: Any) -> str | None:
     """UserError (exit 2) when `device` (the torch.device `--device` picks here) cannot compute
-    `precision`; says once what it computes when that is not float32 products."""
-    import sys
-
+    `precision`; else what it computes, in words, when that is not plain float32 (to say once)."""
     check_device(precision, device)
-    if precision != precisions.DEFAULT:
-        print(f"precision {precisions.describe(precision, device)}", file=sys.stderr)
+    return None if precision == precisions.DEFAULT else f"precision {precisions.describe(precision, device)}"
 
 
 def apply(agent: Any, precision: str) -> None:

@@ -31,7 +31,7 @@ from harness.run.members import DIVERGENCE_CHECK_INTERVAL, DivergenceTracker, Me
 from harness.run.online import ExplorerGroup
 from harness.run.online_phase import OnlinePhase
 from harness.run.precision import apply as apply_precision
-from harness.run.precision import check_device
+from harness.run.precision import check_here
 from harness.run.shards import OfflineData, swap_offline
 from harness.run.spec import ResolvedRun
 from harness.run.stop import stop_requested
@@ -88,7 +88,9 @@ class Trainer(OnlinePhase, Checkpoints):
         spec, task = self.resolved.spec, self.resolved.task
         self.budget = spec.budget
         self.device = pick_device(spec.device)
-        check_device(spec.precision, self.device)  # before the data loads
+        said = check_here(spec.precision, self.device)  # before the data loads
+        if said:
+            say(said)
         self.env = make_env(task.task)
         self.data = OfflineData(
             task.task, spec.dataset_dir, self.env, sparse=task.sparse, shard_dir=task.shard_dir

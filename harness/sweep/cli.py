@@ -161,7 +161,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if spec.executor.kind == "local":  # a cluster's nodes check their own devices
         from harness.run.trainer import pick_device
 
-        check_here(spec.precision, pick_device(spec.device))
+        said = check_here(spec.precision, pick_device(spec.device))
+        if said:
+            print(said, file=sys.stderr)
     from harness.sweep.launch import run_sweep  # submitit: imported only to run
 
     return run_sweep(plan, wait=not args.no_wait, poll_s=args.poll, progress=not args.no_progress)
