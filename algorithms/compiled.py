@@ -20,10 +20,11 @@ already, and torch's optimizer step breaks graphs on purpose.
 
 The first compiled call for each batch shape is checked against the eager update: the same state,
 batch and draws run eagerly too, and the two gradients must agree to MISMATCH_TOLERANCE of each
-parameter's largest gradient (float32 rounding gives about 1e-6 here; bf16 has its own tolerance). A compiler fault that gets
-the mathematics wrong (one was met: torch 2.13's Inductor mis-computed a critic's first-layer
-gradient by 1-3% when GELU's sigmoid form was differentiated by autograd) then costs one warning
-and the rest of the run eagerly, never a wrong run.
+parameter's largest gradient (float32 rounding gives about 1e-6 here; bf16 has its own tolerance,
+algorithms/precision.py). A compiler fault that gets the mathematics wrong (one was met: torch
+2.13's Inductor mis-computed a critic's first-layer gradient by 1-3% when GELU's sigmoid form was
+differentiated by autograd) then costs one warning and the rest of the run eagerly, never a wrong
+run.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import pandas as pd
 import pytest
@@ -136,7 +137,6 @@ def test_bf16_is_close_to_float32_but_not_equal(name):
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
 def test_fp32_and_cpu_tf32_updates_are_the_plain_update(precision):
     plain = tiny_agent("qam")
-    plain.precision = "fp32"
     chosen = tiny_agent("qam", precision)
     for seed in range(3):
         batch = batch_for(plain, seed)
@@ -150,10 +150,10 @@ def test_the_compiled_update_honours_bf16():
     full = tiny_agent("fql", "fp32")
     use_compiled_update(compiled)
     batch = batch_for(eager)
-    with pytest.warns() as caught:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompiledUpdateMismatch)
         compiled.update(batch)  # the first call checks the compiled gradients against the eager ones
         compiled.update(batch)
-    assert not [w for w in caught if issubclass(w.category, CompiledUpdateMismatch)]
     assert compiled.compiled_update is not None
     eager.update(batch)
     eager.update(batch)
@@ -268,3 +268,27 @@ def test_bench_times_each_precision_against_its_own_peak(bf16_here):
     table = format_table([result, result])
     assert "| bf16 updates/s | bf16 / fp32 | bf16 % of bf16 peak |" in table
     assert re.search(r"peak GFLOP/s \(one 2048\^2 matrix product\): fp32 [\d.]+; bf16 [\d.]+", table)
+
+
+def test_a_sweep_plans_precision_variants_from_flags_and_toml(tmp_path, capsys):
+    base = [
+        "sweep",
+        "--suite",
+        "smoke",
+        "--methods",
+        "fql",
+        "--tasks",
+        TASK,
+        "--out",
+        str(tmp_path),
+        "--dry-run",
+    ]
+    assert main([*base, "--name", "a", "--precision", "bf16"]) == 0
+    assert re.search(r"^fql@bf16\s+1\s+2\s+2", capsys.readouterr().out, re.M)  # the smoke suite: 2 seeds
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f'name = "s"\nmethods = ["qam"]\ntasks = ["{TASK}"]\nsuite = "smoke"\nprecision = "tf32"\n'
+    )
+    assert main(["sweep", str(spec), "--out", str(tmp_path), "--dry-run", "--set", "inv_temp=3"]) == 0
+    assert "qam[inv_temp=3]@tf32" in capsys.readouterr().out
+    assert not any(tmp_path.glob("*/*"))  # a dry run writes nothing

@@ -176,7 +176,8 @@ class _Lockstep:
         obs = torch.as_tensor(self.observations, device=agent.device)
         if not agent.stack:
             obs = obs[0]
-        with torch.no_grad(), agent.computing():  # a method that needs gradients to act enables them itself
+        # a method that needs gradients to act enables them itself
+        with torch.no_grad(), agent.computing():
             chunks = agent.act(obs, **eval_params)
         shape = (self.members, self.n, agent.spec.horizon, agent.spec.action_dim)
         return chunks.reshape(shape).cpu().numpy()

@@ -137,10 +137,8 @@ class Explorer:
         agent.act_generator.set_state(self.generator.get_state())
         agent.eval()
         try:
-            with (
-                torch.no_grad(),
-                agent.computing(),
-            ):  # a method that needs gradients to act enables them itself
+            # a method that needs gradients to act enables them itself
+            with torch.no_grad(), agent.computing():
                 chunk = agent.act(obs, **self.eval_params)
         finally:
             self.generator.set_state(agent.act_generator.get_state())
@@ -254,10 +252,8 @@ class ExplorerGroup:
         obs = np.stack([explorer.observation for explorer in self.explorers])[:, None]
         agent.eval()
         try:
-            with (
-                torch.no_grad(),
-                agent.computing(),
-            ):  # a method that needs gradients to act enables them itself
+            # a method that needs gradients to act enables them itself
+            with torch.no_grad(), agent.computing():
                 obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=agent.device)
                 chunks = agent.act(obs_tensor, **self.explorers[0].eval_params)
         finally:

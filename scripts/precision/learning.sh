@@ -24,4 +24,5 @@ for method in fql qam; do
     flowarena compare "$OUT/precision" "$method$V" "$method$V@bf16" --step "$step"
   done
 done
-flowarena report "$OUT/precision" --out "$OUT/precision/report"   # learning curves with bootstrap CIs
+python scripts/precision/curves.py "$OUT/precision" "$OUT/precision/curves.png"   # docs/precision_curves.png
+flowarena report "$OUT/precision" --out "$OUT/precision/report"   # the whole report, also its curves
