@@ -353,3 +353,37 @@ def test_seeds_per_process_packs_seeds_of_one_variant_and_task(tmp_path):
     assert "of up to 3 process(es)" in text and "6 run(s) in 4 process(es)" in text
     with pytest.raises(UserError, match="--seeds-per-process must be an integer >= 1"):
         plan_of("--name", "bad", "--suite", "smoke", "--methods", "qam", "--seeds-per-process", "0")
+
+
+class _FakeLauncher:
+    """A launcher whose one job stays alive for `alive_polls` polls; `finish` runs at the first."""
+
+    def __init__(self, alive_polls: int, finish=None) -> None:
+        self.polls, self.alive_polls, self.finish = 0, alive_polls, finish
+
+    def poll(self) -> bool:
+        self.polls += 1
+        if self.polls == 1 and self.finish:
+            self.finish()
+        return self.polls <= self.alive_polls
+
+
+def test_following_a_retried_run_waits_for_its_job_not_its_old_status(tmp_path, monkeypatch):
+    """A failed run that a sweep retries reads `failed` until its new job writes; the sweep must not
+    take that old status for the job's end (it once left a slow-starting job and the runs queued
+    behind it)."""
+    from harness.sweep import launch
+    from harness.sweep.status import read_run_status
+
+    monkeypatch.setattr(launch, "LINGER_S", 0.0)
+    run_dir = tmp_path / "fql" / "task" / "seed0"
+    records.RunDir(run_dir).write_status("failed", error="an earlier attempt")
+    run = PlannedRun("fql", "fql", "task", 0, run_dir, None, "failed")
+    before = {run_dir: read_run_status(run_dir)["updated_at"]}
+    quiet = _FakeLauncher(alive_polls=5)
+    launch.follow(quiet, [run], poll_s=0.0, progress=False, before=before)
+    assert quiet.polls == 6  # until the job ended, although the status said `failed` throughout
+    time.sleep(0.01)  # a later updated_at
+    done = _FakeLauncher(alive_polls=1000, finish=lambda: records.RunDir(run_dir).write_status("done"))
+    launch.follow(done, [run], poll_s=0.0, progress=False, before=before)
+    assert done.polls < 1000  # the rewritten status ends the wait (after LINGER_S), the job may linger

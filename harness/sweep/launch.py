@@ -50,6 +50,7 @@ def run_sweep(plan: Plan, *, wait: bool = True, poll_s: float = 5.0, progress: b
         _say(f"all {len(plan.runs)} run(s) of {plan.spec.name} are done or diverged; nothing to submit")
         return 0
     launcher = make_launcher(plan)
+    before = {run.run_dir: read_run_status(run.run_dir).get("updated_at") for run in plan.todo}
     with _sigterm_as_interrupt():
         try:
             launcher.start(plan.packs())
@@ -59,7 +60,7 @@ def run_sweep(plan: Plan, *, wait: bool = True, poll_s: float = 5.0, progress: b
             if not wait:
                 _say(f"not waiting; follow with `flowarena status {plan.sweep_dir}`")
                 return 0
-            follow(launcher, plan.todo, poll_s=poll_s, progress=progress)
+            follow(launcher, plan.todo, poll_s=poll_s, progress=progress, before=before)
         except KeyboardInterrupt:
             launcher.cancel()
             raise
@@ -86,18 +87,25 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def follow(launcher: Any, runs: list[PlannedRun], *, poll_s: float, progress: bool) -> None:
+def follow(
+    launcher: Any,
+    runs: list[PlannedRun],
+    *,
+    poll_s: float,
+    progress: bool,
+    before: dict[Path, Any] | None = None,
+) -> None:
     """Poll the runs' status files until every job has ended (jobs whose runs have all finished get
-    LINGER_S to leave the queue)."""
+    LINGER_S to leave the queue). `before` holds each run's status.json `updated_at` from before its
+    job started: a status the job has not rewritten yet (a retried run still reads `failed`) is not
+    this job's end."""
+    before = before or {}
     bar = progress_bar(total=len(runs), desc="runs finished", unit="run", enabled=progress)
     finished_at: float | None = None
     with bar:
         while True:
             alive = launcher.poll()
-            conditions = Counter(
-                condition_of(run.run_dir, read_run_status(run.run_dir), stale_after_s=math.inf)
-                for run in runs
-            )
+            conditions = Counter(_condition_since(run.run_dir, before.get(run.run_dir)) for run in runs)
             finished = sum(conditions[c] for c in TERMINAL)
             bar.set_postfix({c: conditions[c] for c in ("running", "failed", "lost") if conditions[c]}, False)
             bar.update(finished - bar.n)
@@ -106,6 +114,14 @@ def follow(launcher: Any, runs: list[PlannedRun], *, poll_s: float, progress: bo
             if not alive or (finished_at and time.monotonic() - finished_at > LINGER_S):
                 return
             time.sleep(poll_s)
+
+
+def _condition_since(run_dir: Path, updated_before: Any) -> str:
+    """The run's condition, `pending` while its status.json is still the one from before its job."""
+    status = read_run_status(run_dir)
+    if updated_before is not None and status.get("updated_at") == updated_before:
+        return "pending"
+    return condition_of(run_dir, status, stale_after_s=math.inf)
 
 
 LINGER_S = 60.0
