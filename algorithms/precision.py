@@ -28,8 +28,9 @@ DEFAULT = "fp32"
 AUTOCAST_DTYPES = {"bf16": "bfloat16"}
 # How far a compiled update's gradients may stray from the eager ones (algorithms/compiled.py), as a
 # share of a parameter's largest gradient. In bf16 the compiler keeps some intermediates in float32
-# where eager rounds them to bfloat16 (measured 0.002-0.02 over the methods, docs/precision.md).
-COMPILED_TOLERANCE = {"fp32": 1e-3, "tf32": 1e-3, "bf16": 0.05}
+# where eager rounds them to bfloat16: measured 0.005-0.039 over six methods at the medium config
+# (docs/precision.md), so bf16's check catches gross compiler faults only.
+COMPILED_TOLERANCE = {"fp32": 1e-3, "tf32": 1e-3, "bf16": 0.1}
 
 
 class UnsupportedPrecision(ValueError):

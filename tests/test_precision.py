@@ -3,11 +3,11 @@ float32 stays as it was, that precision is part of a run's identity, and the ref
 
 bf16 runs its mathematics on any CPU (slowly where there are no bfloat16 units); the harness
 refuses it there, so the tests that go through the command line make the device report units
-(`bf16_here`) and one test makes it report none. Bounds: bf16 products round operands to 8
-significant bits (relative 2^-9 = 0.002 each), so one update's loss and gradients differ from the
-float32 ones by about 0.1-3% (measured over the methods, docs/precision.md); the bounds below are
-10% (loss) and 30% (gradients' norm), well above bfloat16's rounding, and the test that the
-products really are bfloat16 reads the operands' dtypes, not a rounding.
+(`bf16_here`) and one test makes it report none. Bounds: bf16 rounds each product's operands to 8
+significant bits (relative 2^-9 each); docs/precision.md measures one update's per-tensor errors
+at about 1% (median over the methods, at the medium config). The bounds below, 10% on the total
+loss and 30% on each gradient's norm-relative error, sit well above that rounding on any CPU; the
+test that the products really are bfloat16 reads the operands' dtypes, not a rounding.
 """
 
 from __future__ import annotations
