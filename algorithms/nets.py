@@ -141,9 +141,10 @@ class StackedLayerNorm(nn.Module):
 
 
 def _float32_out(x: Tensor) -> Tensor:
-    """A network's output in float32: under bf16 autocast (algorithms/precision.py) the products
-    inside are bfloat16, but what the losses and actions see is float32. A no-op in float32."""
-    return x.float()
+    """A network's output in float32 when autocast made it reduced (algorithms/precision.py: the
+    products inside are bfloat16, what the losses and actions see is float32); float32 and float64
+    outputs as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 class MLP(nn.Module):

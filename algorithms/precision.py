@@ -28,9 +28,10 @@ DEFAULT = "fp32"
 AUTOCAST_DTYPES = {"bf16": "bfloat16"}
 # How far a compiled update's gradients may stray from the eager ones (algorithms/compiled.py), as a
 # share of a parameter's largest gradient. In bf16 the compiler keeps some intermediates in float32
-# where eager rounds them to bfloat16: measured 0.005-0.039 over six methods at the medium config
-# (docs/precision.md), so bf16's check catches gross compiler faults only.
-COMPILED_TOLERANCE = {"fp32": 1e-3, "tf32": 1e-3, "bf16": 0.1}
+# where eager rounds them to bfloat16: measured 0.005-0.039 over six methods at the medium config and
+# 0.087 for FAWAC at the paper's size (a LayerNorm bias with small gradients; docs/precision.md), so
+# bf16's check catches gross compiler faults only.
+COMPILED_TOLERANCE = {"fp32": 1e-3, "tf32": 1e-3, "bf16": 0.25}
 
 
 class UnsupportedPrecision(ValueError):
